@@ -1,0 +1,98 @@
+"""Measure how equivariant a feature extractor is: ``rotate_fields(F(I))`` against ``F(rotate(I))``.
+
+Torch + escnn only (no mm* imports): the model is any callable from an image batch to a sequence of tensors whose
+fields and strides are given. Errors are *max relative errors* per level: ``max|a - b| / max|b|``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from rotplugin.canvas import equivariant_canvas_shape
+from rotplugin.fields import rotate_fields
+from rotplugin.nn.field_layers import trivial_field_type
+
+__all__ = ["max_relative_error", "pad_image", "EquivarianceReport", "measure_equivariance"]
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|actual - expected| / max|expected|`` (0 when both are zero)."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
+    scale = expected.abs().max().item()
+    diff = (actual - expected).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def pad_image(image: torch.Tensor, max_stride: int, canvas: bool = True, value: float = 0.0) -> torch.Tensor:
+    """Pad a ``(B, C, H, W)`` batch at the bottom/right to an equivariant canvas (``canvas=True``) or, like mmdet's
+    ``pad_size_divisor``, to multiples of ``max_stride`` (``canvas=False``)."""
+    h, w = image.shape[-2:]
+    if canvas:
+        th, tw = equivariant_canvas_shape((h, w), max_stride)
+    else:
+        th, tw = -(-h // max_stride) * max_stride, -(-w // max_stride) * max_stride
+    return F.pad(image, (0, tw - w, 0, th - h), value=value)
+
+
+@dataclass
+class EquivarianceReport:
+    """``errors[(angle, flip)][level]``: max relative error of the passive rotation against the rotated input."""
+
+    canvas_shape: Tuple[int, int]
+    strides: List[int]
+    errors: Dict[Tuple[float, bool], List[float]] = field(default_factory=dict)
+
+    def worst(self) -> float:
+        return max((e for errs in self.errors.values() for e in errs), default=0.0)
+
+    def table(self, title: str = "") -> str:
+        head = f"{'transform':>14} | " + " | ".join(f"stride {s:>3}" for s in self.strides)
+        lines = [title] if title else []
+        lines += [f"canvas {self.canvas_shape[0]}x{self.canvas_shape[1]}", head, "-" * len(head)]
+        for (angle, flip), errs in self.errors.items():
+            name = f"{'flip+' if flip else ''}rot {angle:g}"
+            lines.append(f"{name:>14} | " + " | ".join(f"{e:10.2e}" for e in errs))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"canvas_shape": list(self.canvas_shape), "strides": self.strides,
+                "errors": [{"angle": a, "flip": f, "per_level": errs} for (a, f), errs in self.errors.items()]}
+
+
+@torch.no_grad()
+def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]], image: torch.Tensor,
+                         field_types: Sequence, strides: Sequence[int], angles: Sequence[float] = (90, 180, 270),
+                         flips: Sequence[bool] = (False,), map_centred: bool = True,
+                         fibre_interp: Optional[str] = None) -> EquivarianceReport:
+    """Run ``model`` on ``image`` (already padded to its canvas) and on each transformed copy, and compare.
+
+    ``map_centred=True`` rotates each feature map about its own centre pixel (what users do with ``rot90``; on an
+    equivariant canvas this *is* the canvas centre); ``False`` rotates about the canvas centre expressed at each
+    stride (interpolating where that centre is fractional).
+    """
+    if image.dim() != 4:
+        raise ValueError(f"image must be a (B, C, H, W) batch, got shape {tuple(image.shape)}")
+    canvas = tuple(image.shape[-2:])
+    gspace = field_types[0].gspace
+    in_type = trivial_field_type(gspace, image.shape[1])
+    feats = model(image)
+    if len(feats) != len(field_types) or len(feats) != len(strides):
+        raise ValueError(f"model returned {len(feats)} levels but {len(field_types)} field types and "
+                         f"{len(strides)} strides were given")
+    report = EquivarianceReport(canvas_shape=canvas, strides=list(strides))
+    for flip in flips:
+        for angle in angles:
+            rotated_image = rotate_fields(image, in_type, angle, flip=flip, fibre_interp=fibre_interp)
+            expected = model(rotated_image)
+            errs = []
+            for f, e, ft, s in zip(feats, expected, field_types, strides):
+                kw = {} if map_centred else {"stride": s, "canvas_size": canvas}
+                actual = rotate_fields(f, ft, angle, flip=flip, fibre_interp=fibre_interp,
+                                       out_size=tuple(e.shape[-2:]), **kw)
+                errs.append(max_relative_error(actual, e))
+            report.errors[(float(angle), bool(flip))] = errs
+    return report

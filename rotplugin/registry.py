@@ -1,0 +1,8 @@
+"""Where rotplugin registers its mm components: mmrotate's registries (scope ``mmrotate``).
+
+Registering there (rather than in a child registry of our own) lets every mmrotate 1.x config use our types by bare
+name after ``custom_imports=dict(imports=['rotplugin'])``.
+"""
+from mmrotate.registry import HOOKS, MODELS, TASK_UTILS  # noqa: F401
+
+__all__ = ["MODELS", "HOOKS", "TASK_UTILS"]
