@@ -22,4 +22,8 @@ model = dict(
         in_channels=[256, 512, 1024, 2048],
         out_channels=256,
         orientation=orientation,
-        num_outs=5))
+        num_outs=5),
+    # aligned=False puts feature i of stride s at image coordinate s*i, like the anchors (center_offset=0) and the
+    # feature grid of rotplugin.canvas: RoI pooling then commutes exactly with rotations about the canvas centre
+    # (aligned=True shifts the grid by half a feature pixel, a different centre at every stride).
+    roi_head=dict(bbox_roi_extractor=dict(roi_layer=dict(aligned=False))))

@@ -97,6 +97,9 @@ class EquivariantResNet(BaseModule):
         norm_eval: keep all batch norms in eval mode while training.
         with_cp: gradient checkpointing of the residual blocks.
         require_equivariant_canvas: raise unless the input's sides are ≡ 1 (mod 32).
+        init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=...)`` also accepts an e2cnn ReDet
+            checkpoint (mmrotate's ``ReResNet``, bare or inside a detector with ``backbone.`` keys): it is converted
+            on the fly (:mod:`rotplugin.convert.redet`, needs e2cnn for train-mode checkpoints).
     """
 
     arch_settings = {
@@ -161,6 +164,44 @@ class EquivariantResNet(BaseModule):
                 self.out_channels.append(out_type.size)
         self.max_stride = total_stride
         self._freeze_stages()
+
+    def init_weights(self):
+        """mmengine's ``init_weights``; a ``Pretrained`` checkpoint that is an e2cnn ReDet checkpoint (detected by its
+        key names) is converted to escnn's basis and loaded (strictly: missing / unexpected keys raise)."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg] if self.init_cfg else []
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get("type") == "Pretrained"]
+        if self._is_init or len(pretrained) != 1:
+            return super().init_weights()
+        from mmengine.logging import print_log
+
+        from rotplugin.convert.redet import (convert_redet_state_dict, is_redet_state_dict, load_checkpoint_file,
+                                             unwrap_state_dict)
+
+        cfg = pretrained[0]
+        state_dict = unwrap_state_dict(load_checkpoint_file(cfg["checkpoint"], cfg.get("map_location", "cpu")))
+        prefix = cfg.get("prefix")
+        if prefix is not None and not prefix.endswith("."):
+            prefix += "."
+        if not is_redet_state_dict(state_dict, prefix):
+            return super().init_weights()
+        print_log(f"EquivariantResNet: {cfg['checkpoint']} is an e2cnn ReDet checkpoint; converting its backbone to "
+                  f"escnn on the fly", logger="current")
+        converted, report = convert_redet_state_dict(state_dict, prefix=prefix, backbone_module=self,
+                                                     parts=("backbone",))
+        others = [c for c in cfgs if c is not cfg]
+        if others:  # the other initialisers first, as mmengine does (the checkpoint then overwrites them)
+            init_cfg, self.init_cfg = self.init_cfg, others
+            try:
+                super().init_weights()
+            finally:
+                self.init_cfg = init_cfg
+        part = report.parts["backbone"]
+        self.load_state_dict({k[len(part):]: v for k, v in converted.items() if k.startswith(part)}, strict=True)
+        summary = report.summary()
+        print_log(f"EquivariantResNet: loaded {summary['conv_layers']} converted convolutions and "
+                  f"{summary['bn_layers']} batch norms (max relative filter residual "
+                  f"{summary['max_filter_residual']:.1e})", logger="current")
+        self._is_init = True
 
     def forward(self, x: torch.Tensor):
         if x.dim() != 4 or x.shape[1] != self.in_channels:

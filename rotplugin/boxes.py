@@ -1,0 +1,66 @@
+"""Oriented boxes under rotations of the canvas (torch only, no mm* imports).
+
+Box convention: mmrotate's ``rbox`` in **le90**: ``(cx, cy, w, h, t)`` with the centre in image pixels ``(x, y)``
+(x to the right, y downwards; pixel centres at integers as in :mod:`rotplugin.canvas`), ``t`` in **radians** in
+``[-pi/2, pi/2)``, and the box's width axis along ``(cos t, sin t)`` in ``(x, y)`` — so a positive ``t`` turns the
+box clockwise on screen. A canvas rotation by ``+a`` degrees (counter-clockwise on screen, see
+:mod:`rotplugin.canvas`) therefore maps ``t -> t - a`` and a mirror ``x -> -x`` maps ``t -> -t``; ``w`` and ``h``
+are kept and ``t`` is wrapped back into ``[-pi/2, pi/2)`` (a box is symmetric under half turns).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from rotplugin.fields import rotate_points, rotated_canvas_size
+
+__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon"]
+
+
+def wrap_le90(t: torch.Tensor) -> torch.Tensor:
+    """Angles (radians) wrapped into le90's ``[-pi/2, pi/2)``."""
+    return torch.remainder(t + math.pi / 2, math.pi) - math.pi / 2
+
+
+def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"rotated boxes must be an (n, 5) tensor (cx, cy, w, h, t[rad], le90), got {shape}")
+    return boxes
+
+
+def rotate_rboxes(boxes: torch.Tensor, angle: float, canvas_size: Sequence[int], flip: bool = False) -> torch.Tensor:
+    """Boxes of an image on the canvas ``canvas_size = (H, W)`` → the same boxes in the image rotated by ``angle``
+    degrees about the canvas centre (mirrored first when ``flip``), on the rotated canvas
+    (:func:`rotplugin.fields.rotated_canvas_size`)."""
+    boxes = _check_boxes(boxes)
+    out = boxes.clone()
+    out[:, :2] = rotate_points(boxes[:, :2], angle, canvas_size, flip=flip, order="xy")
+    t = -boxes[:, 4] if flip else boxes[:, 4]
+    out[:, 4] = wrap_le90(t - math.radians(angle))
+    return out
+
+
+def unrotate_rboxes(boxes: torch.Tensor, angle: float, canvas_size: Sequence[int], flip: bool = False) -> torch.Tensor:
+    """Inverse of :func:`rotate_rboxes`: boxes found in the view rotated by ``angle`` (of the canvas
+    ``canvas_size``, the *unrotated* one) mapped back to the original canvas."""
+    boxes = _check_boxes(boxes)
+    view_canvas = rotated_canvas_size(canvas_size, angle)
+    back = rotate_rboxes(boxes, -angle, view_canvas)
+    if flip:  # undo the mirror about the original canvas centre: x -> (W - 1) - x, t -> -t
+        back[:, 0] = (canvas_size[1] - 1) - back[:, 0]
+        back[:, 4] = wrap_le90(-back[:, 4])
+    return back
+
+
+def rbox_to_polygon(boxes: torch.Tensor) -> torch.Tensor:
+    """``(n, 5)`` le90 boxes → ``(n, 4, 2)`` corner points ``(x, y)``."""
+    boxes = _check_boxes(boxes)
+    cx, cy, w, h, t = boxes.unbind(-1)
+    c, s = torch.cos(t), torch.sin(t)
+    dx = torch.stack([c * w / 2, s * w / 2], -1)
+    dy = torch.stack([-s * h / 2, c * h / 2], -1)
+    ctr = torch.stack([cx, cy], -1)
+    return torch.stack([ctr - dx - dy, ctr + dx - dy, ctr + dx + dy, ctr - dx + dy], 1)

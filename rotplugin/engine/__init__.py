@@ -1,0 +1,4 @@
+"""Registered mmengine hooks."""
+from .tta_hook import FeatureRotationTTAHook
+
+__all__ = ["FeatureRotationTTAHook"]

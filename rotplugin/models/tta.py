@@ -1,0 +1,233 @@
+"""Rotation test-time augmentation: rotate the *features* (one backbone pass) or the *image* (one pass per view).
+
+Both models run the wrapped detector's data preprocessor once, then for every angle of ``angles`` (degrees, the
+sign convention of :mod:`rotplugin.canvas`) obtain the feature pyramid of the view rotated about the canvas centre,
+run only the detector's heads on it (dense head, or RPN + RoI head), map the boxes back to the original canvas
+(:func:`rotplugin.boxes.unrotate_rboxes`, le90 kept), merge the views by class-wise rotated NMS and rescale to the
+original image. The heads see ``img_shape = batch_input_shape = the view's canvas``.
+
+* :class:`FeatureRotationTTAModel`: ``extract_feat`` once, then the passive rotation of the pyramid
+  (:func:`rotplugin.fields.rotate_pyramid`): needs an equivariant neck (or backbone) that declares its
+  ``out_field_types`` and ``out_strides``.
+* :class:`ImageRotationTTAModel`: the baseline; rotates the input tensor (exact index ops for multiples of 90°,
+  bilinear otherwise) and runs ``extract_feat`` per view.
+
+On an equivariant canvas and multiples of 90° the two give the same detections up to float rounding.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmcv.ops import batched_nms
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import scale_boxes
+from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.structures import InstanceData
+
+from rotplugin.boxes import unrotate_rboxes
+from rotplugin.fields import rotate_fields, rotate_pyramid, rotated_canvas_size
+from rotplugin.nn.field_layers import trivial_field_type
+from rotplugin.registry import MODELS
+
+__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles", "equivariant_feature_spec"]
+
+
+def parse_angles(angles) -> List[float]:
+    """Angles in degrees from a sequence of numbers or a string like ``"0,90,180,270"``; clear error otherwise."""
+    if isinstance(angles, str):
+        parts = [a for a in angles.replace(",", " ").split() if a]
+        try:
+            angles = [float(a) for a in parts]
+        except ValueError:
+            raise ValueError(f"angles not understood: {angles!r}; give degrees like '0,90,180,270'") from None
+    if isinstance(angles, (int, float)):
+        angles = [angles]
+    try:
+        out = [float(a) for a in angles]
+    except (TypeError, ValueError):
+        raise ValueError(f"angles not understood: {angles!r}; give a list of degrees like [0, 90, 180, 270]") \
+            from None
+    if not out:
+        raise ValueError("angles is empty: give at least one angle in degrees, e.g. [0, 90, 180, 270]")
+    if any(not math.isfinite(a) for a in out):
+        raise ValueError(f"angles must be finite degrees, got {out}")
+    return out
+
+
+def unwrap_model(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+def equivariant_feature_spec(detector):
+    """``(field_types, strides)`` of the pyramid ``detector.extract_feat`` returns; error when the neck (or the
+    backbone, without neck) does not declare equivariant outputs."""
+    source = detector.neck if getattr(detector, "with_neck", False) else getattr(detector, "backbone", None)
+    field_types = getattr(source, "out_field_types", None)
+    strides = getattr(source, "out_strides", None)
+    if field_types is None or strides is None:
+        name = type(source).__name__ if source is not None else "None"
+        raise ValueError(
+            f"feature-rotation TTA needs an equivariant neck/backbone that declares out_field_types and "
+            f"out_strides (EquivariantFPN, FeatureRotationNeck, EquivariantResNet); {name} does not: its features "
+            f"cannot be rotated passively. Use ImageRotationTTAModel (--tta image) for such models.")
+    return list(field_types), list(strides)
+
+
+class _RotationTTAModel(BaseModel):
+    """Shared machinery: views, heads, box mapping, merge. Subclasses say how a view's features are made."""
+
+    def __init__(self, module, angles: Sequence[float] = (0, 90, 180, 270), iou_thr: float = 0.1,
+                 score_thr: float = 0.05, max_per_img: int = 2000, fibre_interp: Optional[str] = None,
+                 data_preprocessor=None, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(module, dict):
+            module = MODELS.build(module)
+        self.module = unwrap_model(module)
+        self.angles = parse_angles(angles)
+        if not 0 <= iou_thr <= 1:
+            raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
+        self.iou_thr, self.score_thr, self.max_per_img = iou_thr, score_thr, max_per_img
+        self.fibre_interp = fibre_interp
+        self.timings: Dict[str, float] = defaultdict(float)
+
+    # -- subclasses ------------------------------------------------------------------------------------------------
+    def _view_features(self, inputs: torch.Tensor, angle: float, cache: dict):
+        raise NotImplementedError
+
+    # -- mmengine API ----------------------------------------------------------------------------------------------
+    def forward(self, inputs, data_samples=None, mode: str = "predict"):
+        if mode != "predict":
+            raise ValueError(f"{type(self).__name__} only predicts (mode='predict'), got mode={mode!r}")
+        return self.predict(inputs, data_samples)
+
+    def test_step(self, data):
+        data = self.module.data_preprocessor(data, False)
+        return self.predict(data["inputs"], data["data_samples"])
+
+    val_step = test_step
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, data_samples: List[DetDataSample]) -> List[DetDataSample]:
+        canvas = tuple(inputs.shape[-2:])
+        for s in data_samples:
+            shape = tuple(s.metainfo.get("batch_input_shape", canvas))
+            if shape != canvas:
+                raise ValueError(f"rotation TTA: batch with mixed canvas sizes: sample {s.metainfo.get('img_id')} "
+                                 f"has batch_input_shape {shape} but the batch tensor is {canvas}; rotations are "
+                                 f"about one canvas centre per batch")
+        per_image: List[List[InstanceData]] = [[] for _ in data_samples]
+        cache: dict = {}
+        for angle in self.angles:
+            feats = self._view_features(inputs, angle, cache)
+            view_canvas = rotated_canvas_size(canvas, angle)
+            view_samples = [self._view_sample(s, view_canvas) for s in data_samples]
+            t0 = time.perf_counter()
+            results = self._heads(feats, view_samples)
+            self.timings["heads"] += time.perf_counter() - t0
+            for i, res in enumerate(results):
+                res = res.clone()
+                boxes = res.bboxes.tensor if hasattr(res.bboxes, "tensor") else res.bboxes
+                res.bboxes = unrotate_rboxes(boxes, angle, canvas)
+                per_image[i].append(res)
+        t0 = time.perf_counter()
+        out = [self._merge(views, sample) for views, sample in zip(per_image, data_samples)]
+        self.timings["merge"] += time.perf_counter() - t0
+        return out
+
+    # -- pieces ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _view_sample(sample: DetDataSample, view_canvas) -> DetDataSample:
+        view = DetDataSample(metainfo=dict(sample.metainfo))
+        view.set_metainfo({"img_shape": tuple(view_canvas), "batch_input_shape": tuple(view_canvas),
+                           "pad_shape": tuple(view_canvas)})
+        return view
+
+    def _heads(self, feats, samples) -> List[InstanceData]:
+        det = self.module
+        if getattr(det, "with_rpn", False) or hasattr(det, "roi_head"):
+            rpn = det.rpn_head.predict(feats, samples, rescale=False)
+            return det.roi_head.predict(feats, rpn, samples, rescale=False)
+        return det.bbox_head.predict(feats, samples, rescale=False)
+
+    def _extract(self, inputs):
+        t0 = time.perf_counter()
+        feats = self.module.extract_feat(inputs)
+        self.timings["backbone_neck"] += time.perf_counter() - t0
+        return feats
+
+    def _merge(self, views: List[InstanceData], sample: DetDataSample) -> DetDataSample:
+        from mmrotate.structures.bbox import RotatedBoxes
+
+        boxes = torch.cat([v.bboxes for v in views])
+        scores = torch.cat([v.scores for v in views])
+        labels = torch.cat([v.labels for v in views])
+        keep = scores >= self.score_thr
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if boxes.numel():
+            _, idx = batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=self.iou_thr))
+            idx = idx[: self.max_per_img]
+            boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
+        result = InstanceData()
+        rboxes = RotatedBoxes(boxes.reshape(-1, 5))
+        scale = sample.metainfo.get("scale_factor")
+        if scale is not None:
+            rboxes = scale_boxes(rboxes, [1.0 / s for s in scale])
+        result.bboxes, result.scores, result.labels = rboxes, scores, labels
+        out = DetDataSample(metainfo=dict(sample.metainfo))
+        for key in ("gt_instances", "ignored_instances"):
+            if key in sample:
+                out.set_field(sample.get(key), key)
+        out.pred_instances = result
+        return out
+
+
+@MODELS.register_module()
+class FeatureRotationTTAModel(_RotationTTAModel):
+    """Rotation TTA that runs the backbone and neck once and rotates the feature pyramid for every view.
+
+    Args:
+        module: the detector (or its config); its neck (or backbone) must be equivariant.
+        angles: view angles in degrees (default 0, 90, 180, 270; 45° steps for C8; any angle with
+            ``fibre_interp``).
+        iou_thr, score_thr, max_per_img: the class-wise rotated NMS that merges the views.
+        fibre_interp: rule for angles between orientation steps (see :func:`rotplugin.fields.fibre_operator`).
+    """
+
+    def __init__(self, module, **kwargs):
+        super().__init__(module, **kwargs)
+        self.field_types, self.strides = equivariant_feature_spec(self.module)
+
+    def _view_features(self, inputs, angle, cache):
+        if "feats" not in cache:
+            cache["feats"] = self._extract(inputs)
+        feats = cache["feats"]
+        if angle % 360 == 0:
+            return feats
+        t0 = time.perf_counter()
+        out = rotate_pyramid(feats, self.field_types, self.strides, angle, canvas_size=tuple(inputs.shape[-2:]),
+                             fibre_interp=self.fibre_interp)
+        # contiguous: heads run compiled ops (mmcv's RoIAlignRotated on CPU) that read raw memory
+        out = tuple(f.contiguous() for f in out)
+        self.timings["rotation"] += time.perf_counter() - t0
+        return out
+
+
+@MODELS.register_module()
+class ImageRotationTTAModel(_RotationTTAModel):
+    """The baseline: rotate the (preprocessed, canvas-padded) input for every view and run the whole detector."""
+
+    def _view_features(self, inputs, angle, cache):
+        if angle % 360 == 0:
+            return self._extract(inputs)
+        t0 = time.perf_counter()
+        gspace = getattr(getattr(self.module, "backbone", None), "gspace", None)
+        if gspace is None:  # a plain backbone: any C_N gspace describes the image's scalar channels
+            from rotplugin.nn.field_layers import make_gspace
+            gspace = make_gspace(4)
+        rotated = rotate_fields(inputs, trivial_field_type(gspace, inputs.shape[1]), angle).contiguous()
+        self.timings["rotation"] += time.perf_counter() - t0
+        return self._extract(rotated)
