@@ -16,7 +16,7 @@ import torch
 
 from rotplugin.fields import rotate_points, rotated_canvas_size
 
-__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon"]
+__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "match_detections"]
 
 
 def wrap_le90(t: torch.Tensor) -> torch.Tensor:
@@ -64,3 +64,24 @@ def rbox_to_polygon(boxes: torch.Tensor) -> torch.Tensor:
     dy = torch.stack([-s * h / 2, c * h / 2], -1)
     ctr = torch.stack([cx, cy], -1)
     return torch.stack([ctr - dx - dy, ctr + dx - dy, ctr + dx + dy, ctr - dx + dy], 1)
+
+
+def match_detections(a, b, box_tol: float = 1e-3, score_tol: float = 1e-4):
+    """Compare two detection sets ``(boxes (n, 5), scores (n,), labels (n,))``: pair each detection of ``a`` with
+    the nearest one of ``b`` of the same label (distance: max over centre/size differences in px and the le90 angle
+    difference in radians). Returns ``(fraction of a with a partner within box_tol and score_tol, largest box
+    difference and largest score difference over those pairs)``."""
+    (ab, as_, al), (bb, bs, bl) = a, b
+    if len(ab) == 0:
+        return (1.0 if len(bb) == 0 else 0.0), 0.0, 0.0
+    if len(bb) == 0:
+        return 0.0, float("inf"), float("inf")
+    d = (ab[:, None, :4] - bb[None, :, :4]).abs().amax(-1)
+    d = torch.maximum(d, wrap_le90(ab[:, None, 4] - bb[None, :, 4]).abs())
+    d[al[:, None] != bl[None, :]] = float("inf")
+    dist, nearest = d.min(1)
+    score_diff = (as_ - bs[nearest]).abs()
+    ok = (dist <= box_tol) & (score_diff <= score_tol)
+    if not ok.any():
+        return 0.0, float("inf"), float("inf")
+    return ok.float().mean().item(), dist[ok].max().item(), score_diff[ok].max().item()

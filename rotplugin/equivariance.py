@@ -15,7 +15,7 @@ from rotplugin.canvas import equivariant_canvas_shape
 from rotplugin.fields import rotate_fields
 from rotplugin.nn.field_layers import trivial_field_type
 
-__all__ = ["max_relative_error", "pad_image", "EquivarianceReport", "measure_equivariance"]
+__all__ = ["max_relative_error", "l2_relative_error", "pad_image", "EquivarianceReport", "measure_equivariance"]
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -38,12 +38,25 @@ def pad_image(image: torch.Tensor, max_stride: int, canvas: bool = True, value: 
     return F.pad(image, (0, tw - w, 0, th - h), value=value)
 
 
+def l2_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected||_2 / ||expected||_2`` (0 when both are zero)."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
+    scale = expected.double().norm().item()
+    diff = (actual.double() - expected.double()).norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+METRICS = {"max": max_relative_error, "l2": l2_relative_error}
+
+
 @dataclass
 class EquivarianceReport:
     """``errors[(angle, flip)][level]``: max relative error of the passive rotation against the rotated input."""
 
     canvas_shape: Tuple[int, int]
     strides: List[int]
+    metric: str = "max"
     errors: Dict[Tuple[float, bool], List[float]] = field(default_factory=dict)
 
     def worst(self) -> float:
@@ -52,14 +65,15 @@ class EquivarianceReport:
     def table(self, title: str = "") -> str:
         head = f"{'transform':>14} | " + " | ".join(f"stride {s:>3}" for s in self.strides)
         lines = [title] if title else []
-        lines += [f"canvas {self.canvas_shape[0]}x{self.canvas_shape[1]}", head, "-" * len(head)]
+        lines += [f"canvas {self.canvas_shape[0]}x{self.canvas_shape[1]}, {self.metric} relative error", head,
+                  "-" * len(head)]
         for (angle, flip), errs in self.errors.items():
             name = f"{'flip+' if flip else ''}rot {angle:g}"
             lines.append(f"{name:>14} | " + " | ".join(f"{e:10.2e}" for e in errs))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"canvas_shape": list(self.canvas_shape), "strides": self.strides,
+        return {"canvas_shape": list(self.canvas_shape), "strides": self.strides, "metric": self.metric,
                 "errors": [{"angle": a, "flip": f, "per_level": errs} for (a, f), errs in self.errors.items()]}
 
 
@@ -67,13 +81,16 @@ class EquivarianceReport:
 def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]], image: torch.Tensor,
                          field_types: Sequence, strides: Sequence[int], angles: Sequence[float] = (90, 180, 270),
                          flips: Sequence[bool] = (False,), map_centred: bool = True,
-                         fibre_interp: Optional[str] = None) -> EquivarianceReport:
+                         fibre_interp: Optional[str] = None, metric: str = "max") -> EquivarianceReport:
     """Run ``model`` on ``image`` (already padded to its canvas) and on each transformed copy, and compare.
 
     ``map_centred=True`` rotates each feature map about its own centre pixel (what users do with ``rot90``; on an
     equivariant canvas this *is* the canvas centre); ``False`` rotates about the canvas centre expressed at each
-    stride (interpolating where that centre is fractional).
+    stride (interpolating where that centre is fractional). ``metric``: ``"max"`` (:func:`max_relative_error`) or
+    ``"l2"`` (:func:`l2_relative_error`).
     """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     if image.dim() != 4:
         raise ValueError(f"image must be a (B, C, H, W) batch, got shape {tuple(image.shape)}")
     canvas = tuple(image.shape[-2:])
@@ -83,7 +100,7 @@ def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]]
     if len(feats) != len(field_types) or len(feats) != len(strides):
         raise ValueError(f"model returned {len(feats)} levels but {len(field_types)} field types and "
                          f"{len(strides)} strides were given")
-    report = EquivarianceReport(canvas_shape=canvas, strides=list(strides))
+    report = EquivarianceReport(canvas_shape=canvas, strides=list(strides), metric=metric)
     for flip in flips:
         for angle in angles:
             rotated_image = rotate_fields(image, in_type, angle, flip=flip, fibre_interp=fibre_interp)
@@ -93,6 +110,6 @@ def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]]
                 kw = {} if map_centred else {"stride": s, "canvas_size": canvas}
                 actual = rotate_fields(f, ft, angle, flip=flip, fibre_interp=fibre_interp,
                                        out_size=tuple(e.shape[-2:]), **kw)
-                errs.append(max_relative_error(actual, e))
+                errs.append(METRICS[metric](actual, e))
             report.errors[(float(angle), bool(flip))] = errs
     return report

@@ -18,7 +18,7 @@ def shrink_detector_config(cfg: Config, depth: int = 18, orientation: int = 4, w
                            neck_channels: int = 32, fc_channels: int = 64) -> Config:
     """Make the detector of ``cfg`` small: an EquivariantResNet of ``depth`` with ``width`` base channels, a neck
     and heads of ``neck_channels``. Works for single-stage (``bbox_head``) and two-stage (``rpn_head`` +
-    ``roi_head``) detectors. Returns a copy."""
+    ``roi_head``, also with per-stage lists of extractors / bbox heads) detectors. Returns a copy."""
     cfg = cfg.copy()
     model = cfg.model
     expansion = 1 if depth in (18, 34) else 4
@@ -30,6 +30,13 @@ def shrink_detector_config(cfg: Config, depth: int = 18, orientation: int = 4, w
         if head in model:
             model[head].update(in_channels=neck_channels, feat_channels=neck_channels)
     if "roi_head" in model:
-        model.roi_head.bbox_roi_extractor.out_channels = neck_channels
-        model.roi_head.bbox_head.update(in_channels=neck_channels, fc_out_channels=fc_channels)
+        # one extractor / bbox head, or one per stage (cascades such as ReDet's RoI Transformer)
+        extractors = model.roi_head.bbox_roi_extractor
+        for extractor in extractors if isinstance(extractors, list) else [extractors]:
+            extractor.out_channels = neck_channels
+            if extractor.roi_layer.get("type") == "RiRoIAlignRotated":
+                extractor.roi_layer.num_orientations = orientation
+        heads = model.roi_head.bbox_head
+        for head in heads if isinstance(heads, list) else [heads]:
+            head.update(in_channels=neck_channels, fc_out_channels=fc_channels)
     return cfg

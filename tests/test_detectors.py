@@ -24,11 +24,20 @@ def test_every_config_builds(config):
     cfg = load_config(str(ROOT / config))
     model = build_detector(cfg)
     assert isinstance(model.data_preprocessor, EquivariantDetDataPreprocessor)
-    assert isinstance(model.backbone, (EquivariantResNet,)) or "redet" in config
+    assert isinstance(model.backbone, EquivariantResNet)
     assert isinstance(model.neck, EquivariantFPN)
     # the canvas must cover every stride of the neck
     assert model.data_preprocessor.max_stride >= model.neck.max_stride
     assert cfg.train_dataloader.dataset.type.endswith("DOTADataset")
+    if "redet" in config:  # ReFPN-compatible neck, rotplugin's RiRoIAlign in the second (rotated RoI) stage
+        from rotplugin.models import RiRoIExtractor
+        from rotplugin.ops import RiRoIAlignRotated
+
+        assert model.neck.upsample_mode == "nearest"
+        extractor = model.roi_head.bbox_roi_extractor[1]
+        assert isinstance(extractor, RiRoIExtractor)
+        assert all(isinstance(layer, RiRoIAlignRotated) for layer in extractor.roi_layers)
+        assert extractor.roi_layers[0].num_orientations == model.backbone.orientation
 
 
 def make_batch(size=129, seed=0):
@@ -51,7 +60,7 @@ def make_batch(size=129, seed=0):
     return dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()], data_samples=[sample])
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if "redet" not in c])
+@pytest.mark.parametrize("config", CONFIGS)
 def test_small_variant_trains_and_predicts_on_cpu(config):
     from rotplugin.presets import load_config, shrink_detector_config
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import DEMO_JPG, ROOT
-from rotplugin.boxes import rbox_to_polygon, rotate_rboxes, unrotate_rboxes, wrap_le90
+from rotplugin.boxes import match_detections, rbox_to_polygon, rotate_rboxes, unrotate_rboxes, wrap_le90
 from rotplugin.fields import rotate_fields, rotated_canvas_size
 from rotplugin.nn.field_layers import make_gspace, trivial_field_type
 
@@ -117,20 +117,6 @@ def sorted_dets(sample):
     p = sample.pred_instances
     order = torch.argsort(p.scores, descending=True)
     return p.bboxes.tensor[order], p.scores[order], p.labels[order]
-
-
-def match_detections(a, b, box_tol=1e-3, score_tol=1e-4):
-    """Pair each detection of ``a`` with the nearest one of ``b`` with the same label (box distance: max over
-    centre/size in px and the le90 angle difference). Returns (fraction of ``a`` with a partner within the
-    tolerances, largest box difference and score difference over those partners)."""
-    (ab, as_, al), (bb, bs, bl) = a, b
-    d = (ab[:, None, :4] - bb[None, :, :4]).abs().amax(-1)
-    d = torch.maximum(d, wrap_le90(ab[:, None, 4] - bb[None, :, 4]).abs())
-    d[al[:, None] != bl[None, :]] = float("inf")
-    dist, nearest = d.min(1)
-    score_diff = (as_ - bs[nearest]).abs()
-    ok = (dist <= box_tol) & (score_diff <= score_tol)
-    return ok.float().mean().item(), dist[ok].max().item(), score_diff[ok].max().item()
 
 
 @pytest.mark.parametrize("config", [RETINA, ORCNN])

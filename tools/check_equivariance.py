@@ -74,7 +74,10 @@ def build_from_args(args):
     backbone.eval()
     if neck is not None:
         neck.eval()
-        return (lambda x: neck(backbone(x))), neck.out_field_types, neck.out_strides, neck.max_stride
+        fn = lambda x: neck(backbone(x))  # noqa: E731
+        fn.modules_ = (backbone, neck)
+        return fn, neck.out_field_types, neck.out_strides, neck.max_stride
+    backbone.modules_ = (backbone,)
     return backbone, backbone.out_field_types, backbone.out_strides, backbone.max_stride
 
 
@@ -91,6 +94,10 @@ def main(argv=None):
     parser.add_argument("--fibre-interp", choices=["linear", "fourier"], default=None,
                         help="rule for angles between orientation steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="float64 separates the construction's exactness from float32 rounding")
+    parser.add_argument("--metric", choices=["max", "l2"], default="max",
+                        help="max: max|diff|/max|ref| per level; l2: ||diff||/||ref||")
     parser.add_argument("--json", help="write the tables as JSON here")
     args = parser.parse_args(argv)
 
@@ -101,13 +108,17 @@ def main(argv=None):
     model, field_types, strides, max_stride = build_from_args(args)
     print(f"built model in {time.perf_counter() - t0:.1f} s; strides {strides}, largest {max_stride}")
     image, source = load_image(args.image, args.size or None, args.seed)
+    if args.dtype == "float64":
+        for m in getattr(model, "modules_", ()):
+            m.double()
+        image = image.double()
     print(f"image: {source}, {tuple(image.shape[-2:])}")
     flips = (False, True) if args.flip else (False,)
     results = {"image": source, "image_shape": list(image.shape[-2:])}
     for canvas in (True, False):
         padded = pad_image(image, max_stride, canvas=canvas)
         report = measure_equivariance(model, padded, field_types, strides, args.angles, flips,
-                                      fibre_interp=args.fibre_interp)
+                                      fibre_interp=args.fibre_interp, metric=args.metric)
         name = "equivariant canvas (≡ 1 mod max stride)" if canvas else f"plain padding to multiples of {max_stride}"
         print()
         print(report.table(f"== {name} =="))

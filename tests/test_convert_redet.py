@@ -1,0 +1,331 @@
+"""ReDet compatibility: e2cnn ReResNet / ReFPN checkpoints converted to EquivariantResNet / EquivariantFPN.
+
+The oracle is mmrotate's own e2cnn ReDet backbone and neck with seeded random weights and batch-norm statistics: after
+conversion our escnn modules must give the same pyramid on a real DOTA image. Depth 18 at ReDet's width and a narrow
+depth-50 (bottleneck) variant keep this file fast; the full-width ReResNet-50 + ReFPN (about 40 s to build in e2cnn on
+this machine) runs only with ``ROTPLUGIN_SLOW_TESTS=1`` (``test_full_width_redet_r50``).
+"""
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DEMO_JPG
+
+warnings.filterwarnings("ignore", category=UserWarning)
+pytest.importorskip("e2cnn")
+
+from rotplugin.convert import RedetConversionError, convert_redet_state_dict, is_redet_state_dict  # noqa: E402
+from rotplugin.convert import redet as redet_mod  # noqa: E402
+from rotplugin.models import EquivariantFPN, EquivariantResNet  # noqa: E402
+from rotplugin.nn.field_layers import FieldConv  # noqa: E402
+
+TOL_OUTPUT = 1e-4  # max|ours - ReDet| / max|ReDet| per pyramid level
+TOL_FILTER = 1e-5  # expanded filters, layer by layer
+
+
+def rel(a, b):
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
+
+
+def build_redet(depth, width, neck_channels, seed):
+    """mmrotate's e2cnn ReResNet + ReFPN (C8) with random weights, biases and batch-norm statistics."""
+    import e2cnn.nn as e2nn
+    from mmrotate.models.backbones.re_resnet import ReResNet
+    from mmrotate.models.necks.re_fpn import ReFPN
+
+    torch.manual_seed(seed)
+    backbone = ReResNet(depth=depth, stem_channels=width, base_channels=width, out_indices=(0, 1, 2, 3))
+    neck = ReFPN([c for c in backbone_channels(depth, width)], neck_channels, num_outs=5)
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in list(backbone.modules()) + list(neck.modules()):
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.num_batches_tracked.fill_(7)
+        elif isinstance(m, e2nn.R2Conv) and m.bias is not None:
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    backbone.train(), neck.train()  # (ReResNet.train returns None)
+    return backbone, neck
+
+
+def backbone_channels(depth, width):
+    return [width * (1 if depth < 50 else 4) * 2 ** i for i in range(4)]
+
+
+def detector_state_dict(backbone, neck):
+    sd = {"backbone." + k: v for k, v in backbone.state_dict().items()}
+    sd.update({"neck." + k: v for k, v in neck.state_dict().items()})
+    sd["roi_head.bbox_head.0.fc_cls.weight"] = torch.arange(6.0).reshape(2, 3)
+    return {"meta": {"epoch": 12}, "state_dict": sd}
+
+
+def ours(depth, width, neck_channels):
+    backbone = EquivariantResNet(depth=depth, orientation=8, stem_channels=width, base_channels=width)
+    neck = EquivariantFPN(backbone.out_channels, neck_channels, num_outs=5, orientation=8, upsample_mode="nearest")
+    return backbone, neck
+
+
+def load_parts(converted, backbone, neck):
+    backbone.load_state_dict({k[9:]: v for k, v in converted.items() if k.startswith("backbone.")}, strict=True)
+    neck.load_state_dict({k[5:]: v for k, v in converted.items() if k.startswith("neck.")}, strict=True)
+    return backbone.eval(), neck.eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    from tools.check_equivariance import load_image
+
+    img, _ = load_image(DEMO_JPG if DEMO_JPG.exists() else None, 256)
+    return img
+
+
+ARCHS = {"r18": (18, 64, 64), "r50-narrow": (50, 16, 32)}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def redet(request):
+    depth, width, neck_channels = ARCHS[request.param]
+    backbone, neck = build_redet(depth, width, neck_channels, seed=depth)
+    return dict(name=request.param, depth=depth, width=width, neck_channels=neck_channels, backbone=backbone,
+                neck=neck, train_ckpt=detector_state_dict(backbone, neck))
+
+
+@pytest.fixture(scope="module")
+def redet_outputs(redet, image):
+    backbone, neck = redet["backbone"], redet["neck"]
+    backbone.eval(), neck.eval()
+    with torch.no_grad():
+        feats = backbone(image)
+        outs = [t.detach().clone() for t in neck(feats)]
+        feats = [f.tensor.detach().clone() for f in feats]
+    redet["eval_ckpt"] = detector_state_dict(backbone, neck)
+    backbone.train(), neck.train()
+    return feats, outs
+
+
+def compare(redet, converted, image, outputs, backbone=None, neck=None):
+    if backbone is None:
+        backbone, neck = ours(redet["depth"], redet["width"], redet["neck_channels"])
+    backbone, neck = load_parts(converted, backbone, neck)
+    with torch.no_grad():
+        feats = backbone(image)
+        outs = neck(feats)
+    errors = [rel(a, b) for a, b in zip(feats, outputs[0])] + [rel(a, b) for a, b in zip(outs, outputs[1])]
+    assert len(errors) == 9
+    return errors, backbone, neck
+
+
+def convert_into(redet, sd, train_mode=False):
+    """Convert into freshly built modules of ours (reused as the targets, no second build) and load."""
+    backbone, neck = ours(redet["depth"], redet["width"], redet["neck_channels"])
+    backbone.train(train_mode), neck.train(train_mode)
+    converted, report = convert_redet_state_dict(sd, backbone_module=backbone, neck_module=neck)
+    return converted, report, backbone, neck
+
+
+def test_train_mode_checkpoint_matches_redet(redet, redet_outputs, image):
+    if redet["name"] == "r18":  # building the targets from the architecture arguments
+        converted, report = convert_redet_state_dict(redet["train_ckpt"], depth=redet["depth"],
+                                                     stem_channels=redet["width"], base_channels=redet["width"])
+        backbone = neck = None
+    else:  # into given target modules
+        converted, report, backbone, neck = convert_into(redet, redet["train_ckpt"])
+    assert report.parts == {"backbone": "backbone.", "neck": "neck."}
+    assert report.passthrough == ["roi_head.bbox_head.0.fc_cls.weight"]  # heads pass through unchanged
+    assert torch.equal(converted["roi_head.bbox_head.0.fc_cls.weight"], torch.arange(6.0).reshape(2, 3))
+    assert {r.mode for r in report.layers if r.kind == "conv"} == {"weights"}
+    s = report.summary()
+    assert s["max_basis_residual"] < 1e-6 and s["max_filter_residual"] < TOL_FILTER
+    assert s["max_bias_residual"] < TOL_FILTER
+    errors, backbone, neck = compare(redet, converted, image, redet_outputs, backbone, neck)
+    print(f"{redet['name']}: per-level relative errors (C2..C5, P2..P6):", ", ".join(f"{e:.1e}" for e in errors))
+    assert max(errors) <= TOL_OUTPUT, errors
+    # the coefficient layout, checked independently: e2cnn's own expansion of every layer vs escnn's
+    for module, source in ((backbone, redet["backbone"]), (neck, redet["neck"])):
+        for path, m in module.named_modules():
+            if isinstance(m, FieldConv):
+                e2 = source.get_submodule(path if module is backbone else path + ".conv")
+                f2, b2 = e2.expand_parameters()
+                f3, b3 = m.conv.expand_parameters()
+                assert rel(f3, f2) < TOL_FILTER, path
+                if b2 is not None:
+                    assert rel(b3, b2) < TOL_FILTER, path
+
+
+def test_eval_mode_and_filter_only_checkpoints(redet, redet_outputs, image):
+    """Eval-mode checkpoints carry e2cnn's expanded filters as buffers; with only those (no coefficients) the filters
+    are projected onto escnn's basis."""
+    sd = redet["eval_ckpt"]["state_dict"]
+    assert any(k.endswith(".filter") for k in sd) and any(k.endswith(".expanded_bias") for k in sd)
+    converted, report, backbone, neck = convert_into(redet, sd)
+    assert report.summary()["max_checkpoint_filter_check"] < TOL_FILTER
+    errors, _, _ = compare(redet, converted, image, redet_outputs, backbone, neck)
+    assert max(errors) <= TOL_OUTPUT, errors
+
+    if redet["name"] != "r18":
+        return  # test_without_e2cnn converts the narrow R50's filters
+    filters_only = {k: v for k, v in sd.items() if not k.endswith((".weights", ".bias")) or "batch_norm" in k}
+    # converted into (and loaded by) modules in train mode: escnn keeps no filter caches there
+    converted, report, backbone, neck = convert_into(redet, filters_only, train_mode=True)
+    assert {r.mode for r in report.layers if r.kind == "conv"} == {"filter"}
+    assert report.summary()["max_filter_residual"] < TOL_FILTER
+    errors, _, _ = compare(redet, converted, image, redet_outputs, backbone, neck)
+    assert max(errors) <= TOL_OUTPUT, errors
+
+
+def test_checkpoint_file_tool_and_init_weights(redet, redet_outputs, image, tmp_path):
+    if redet["name"] != "r50-narrow":
+        pytest.skip("file round trip once")
+    from tools.convert_redet_checkpoint import main
+
+    src, dst = tmp_path / "redet.pth", tmp_path / "converted.pth"
+    torch.save(redet["train_ckpt"], src)
+    args = [str(src), str(dst), "--depth", "50", "--stem-channels", "16", "--base-channels", "16", "--quiet"]
+    # like a checkpoint of mmengine's runner: Python objects that torch's safe loading refuses
+    runner_ckpt = tmp_path / "runner.pth"
+    torch.save(dict(redet["train_ckpt"], message_hub=np.float64(1.0)), runner_ckpt)
+    assert main([str(runner_ckpt)] + args[1:]) == 2  # refused, with a hint to --trusted
+    assert "message_hub" in redet_mod.load_checkpoint_file(str(runner_ckpt), trusted=True)
+    assert main(args + ["--json", str(tmp_path / "report.json")]) == 0
+    saved = torch.load(dst)  # the converted file loads with weights_only=True
+    assert saved["meta"]["epoch"] == 12 and saved["meta"]["rotplugin_redet_conversion"]["conv_layers"] == 61
+    assert set(saved) == {"meta", "state_dict"}
+    assert (tmp_path / "report.json").exists()
+    assert saved["state_dict"]["roi_head.bbox_head.0.fc_cls.weight"].shape == (2, 3)
+
+    # the backbone's Pretrained init: the original e2cnn detector file (converted on the fly; the backbone keys are
+    # found without a prefix), a bare e2cnn ReResNet file, and the converted file (mmengine's default path)
+    bare = tmp_path / "rer50_bare.pth"
+    torch.save({k[9:]: v for k, v in redet["train_ckpt"]["state_dict"].items() if k.startswith("backbone.")}, bare)
+    reference = None
+    for checkpoint, prefix in ((src, None), (bare, None), (dst, "backbone.")):
+        init_cfg = dict(type="Pretrained", checkpoint=str(checkpoint))
+        if prefix:
+            init_cfg["prefix"] = prefix
+        model = EquivariantResNet(depth=50, orientation=8, stem_channels=16, base_channels=16, init_cfg=init_cfg)
+        model.init_weights()
+        with torch.no_grad():
+            out = model.eval()(image)
+        if reference is None:
+            reference = out
+            assert max(rel(a, b) for a, b in zip(out, redet_outputs[0])) <= TOL_OUTPUT
+        else:
+            assert max(rel(a, b) for a, b in zip(out, reference)) <= 1e-6, (checkpoint, prefix)
+
+    # a ReDet R50 checkpoint into an R18 backbone: a clear error, not a silently half-loaded model
+    wrong = EquivariantResNet(depth=18, orientation=8, stem_channels=16, base_channels=16,
+                              init_cfg=dict(type="Pretrained", checkpoint=str(src)))
+    with pytest.raises(RedetConversionError, match="depth 50"):
+        wrong.init_weights()
+
+
+def test_bad_checkpoints_raise_clear_errors():
+    from mmdet.models.backbones import ResNet
+
+    backbone, neck = build_redet(18, 8, 16, seed=5)  # tiny: one regular field in the stem
+    sd = detector_state_dict(backbone, neck)["state_dict"]
+    kw = dict(stem_channels=8, base_channels=8)
+    # another architecture: a torchvision-style ResNet
+    torchvision_like = ResNet(depth=18).state_dict()
+    assert not is_redet_state_dict(torchvision_like) and is_redet_state_dict(sd)
+    with pytest.raises(RedetConversionError, match="not an e2cnn ReDet checkpoint.*conv1.weight"):
+        convert_redet_state_dict(torchvision_like)
+    # already converted
+    converted, _ = convert_redet_state_dict(sd, depth=18, **kw)
+    with pytest.raises(RedetConversionError, match="rotplugin"):
+        convert_redet_state_dict(converted, depth=18, **kw)
+    # another depth: R18 checkpoint for an R50 model
+    with pytest.raises(RedetConversionError) as err:
+        convert_redet_state_dict(sd, depth=50, **kw)
+    msg = str(err.value)
+    assert "missing keys" in msg and "backbone.layer1.0.conv3.weights" in msg and "depth 18" in msg
+    # missing keys are listed
+    broken = {k: v for k, v in sd.items()
+              if not k.startswith(("backbone.layer3.1.conv2.", "backbone.layer2.0.bn1."))}
+    with pytest.raises(RedetConversionError) as err:
+        convert_redet_state_dict(broken, depth=18, **kw)
+    msg = str(err.value)
+    assert "backbone.layer3.1.conv2.weights" in msg and "backbone.layer2.0.bn1.batch_norm_[8].running_var" in msg
+    # wrong width: shape mismatches are listed
+    with pytest.raises(RedetConversionError, match="shape mismatches"):
+        convert_redet_state_dict(sd, depth=18, stem_channels=16, base_channels=16)
+    # unexpected keys inside the backbone
+    extra = dict(sd, **{"backbone.layer5.0.conv1.weights": torch.zeros(3)})
+    with pytest.raises(RedetConversionError, match="(?s)unexpected keys.*backbone.layer5.0.conv1.weights"):
+        convert_redet_state_dict(extra, depth=18, **kw)
+
+
+@pytest.mark.parametrize("orientation,flip", [(8, False), (4, False), (4, True)])
+def test_block_bases_span_the_same_filters(orientation, flip):
+    for roles, k in ((("trivial", "regular"), 7), (("regular", "regular"), 3), (("regular", "regular"), 1)):
+        m = redet_mod.block_basis_map(orientation, flip, roles, k)
+        assert m["basis_residual"] < 1e-6, (roles, k)
+        assert m["T"].shape[0] == m["T"].shape[1]
+        assert m["bias_residual"] < 1e-6
+
+
+def test_without_e2cnn(monkeypatch, redet, redet_outputs, image):
+    """e2cnn is an optional extra: coefficients need it (a clear ImportError), eval-mode filters do not."""
+    if redet["name"] != "r50-narrow":
+        pytest.skip("once")
+    monkeypatch.setitem(sys.modules, "e2cnn", None)
+    monkeypatch.setattr(redet_mod, "_E2CNN_BLOCKS", {})
+    monkeypatch.setattr(redet_mod, "_MAPS", {})
+    backbone, neck = ours(redet["depth"], redet["width"], redet["neck_channels"])
+    with pytest.raises(ImportError, match=r"rotplugin\[redet\]"):
+        convert_redet_state_dict(redet["train_ckpt"], backbone_module=backbone, neck_module=neck)
+    sd = redet["eval_ckpt"]["state_dict"]
+    filters_only = {k: v for k, v in sd.items() if not k.endswith((".weights", ".bias")) or "batch_norm" in k}
+    converted, _ = convert_redet_state_dict(filters_only, backbone_module=backbone, neck_module=neck)
+    errors, _, _ = compare(redet, converted, image, redet_outputs, backbone, neck)
+    assert max(errors) <= TOL_OUTPUT
+
+
+def test_field_conv_loads_state_dicts_of_either_mode():
+    """escnn keeps the expanded filter as a buffer only in eval mode; FieldConv loads either kind in either mode."""
+    torch.manual_seed(0)
+    src = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
+    dst = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
+    x = torch.randn(1, 3, 33, 33)
+    train_sd, eval_sd = src.train().state_dict(), src.eval().state_dict()
+    assert len(eval_sd) > len(train_sd)
+    with torch.no_grad():
+        expected = src(x)
+    for sd in (train_sd, eval_sd):
+        for mode in (True, False):
+            dst.train(mode).load_state_dict(sd, strict=True)
+            with torch.no_grad():
+                got = dst.eval()(x)
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
+
+
+@pytest.mark.skipif(not os.environ.get("ROTPLUGIN_SLOW_TESTS"), reason="full-width ReResNet-50: set ROTPLUGIN_SLOW_TESTS=1")
+def test_full_width_redet_r50(image, tmp_path):
+    """ReDet's own architecture (ReResNet-50 C8, ReFPN 256): the converted file reproduces the pyramid."""
+    from tools.convert_redet_checkpoint import main
+
+    start = time.perf_counter()
+    backbone, neck = build_redet(50, 64, 256, seed=50)
+    built = time.perf_counter()
+    ckpt = detector_state_dict(backbone, neck)
+    backbone.eval(), neck.eval()
+    with torch.no_grad():
+        feats = backbone(image)
+        outputs = ([f.tensor for f in feats], list(neck(feats)))
+    src, dst = tmp_path / "redet_r50.pth", tmp_path / "er50.pth"
+    torch.save(ckpt, src)
+    converted_at = time.perf_counter()
+    assert main([str(src), str(dst), "--json", str(tmp_path / "report.json")]) == 0
+    done = time.perf_counter()
+    errors, _, _ = compare(dict(depth=50, width=64, neck_channels=256), torch.load(dst, weights_only=False)[
+        "state_dict"], image, outputs)
+    print(f"e2cnn build {built - start:.1f} s, conversion (tool) {done - converted_at:.1f} s; per-level relative "
+          f"errors (C2..C5, P2..P6): " + ", ".join(f"{e:.1e}" for e in errors))
+    assert max(errors) <= TOL_OUTPUT, errors
