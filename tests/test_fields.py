@@ -18,7 +18,8 @@ from rotplugin.canvas import canvas_centre
 from rotplugin.fields import (FieldRotation, fibre_operator, rotate_fields, rotate_grid, rotate_points,
                               rotate_pyramid, rotated_canvas_size, rotation_matrix_and_offset)
 
-HYP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same examples every run (a failure is reproducible, never a fluke of the draw)
+HYP = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 GSPACES = {
     "C4": gspaces.rot2dOnR2(4),
@@ -436,8 +437,9 @@ EVAL_TYPES = {
 def test_continuous_irreps_compose(name, a, b, rule):
     ft = EVAL_TYPES[name]
     ma, mb = fibre_operator(ft, a, rule).matrix(), fibre_operator(ft, b, rule).matrix()
-    np.testing.assert_allclose(ma @ mb, fibre_operator(ft, a + b, rule).matrix(), atol=1e-9)
-    np.testing.assert_allclose(ma @ fibre_operator(ft, -a, rule).matrix(), np.eye(ft.size), atol=1e-9)
+    # entries within 1e-9 of 0/±1 are snapped exact (escnn's rounding noise), so compositions agree to ~1e-9
+    np.testing.assert_allclose(ma @ mb, fibre_operator(ft, a + b, rule).matrix(), atol=1e-8)
+    np.testing.assert_allclose(ma @ fibre_operator(ft, -a, rule).matrix(), np.eye(ft.size), atol=1e-8)
 
 
 def test_linear_rule_inside_rotate_fields():

@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad", action="store_true",
                    help="skip malformed label lines / unknown classes with a warning instead of stopping")
     p.add_argument("--classes", nargs="+", default=["dota1.0"],
-                   help="allowed class names: a preset (dota1.0, dota1.5, dota2.0) or a list (default dota1.0)")
+                   help="allowed class names: a preset (dota1.0, dota1.5, dota2.0), a list, or 'any' (default dota1.0)")
     p.add_argument("--ext", default=".png", help="patch image format (default .png)")
     p.add_argument("--png-compression", type=int, default=1, help="PNG compression level 0-9 (default 1, fast)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")

@@ -18,7 +18,9 @@ Behaviour (that of MMRotate's ``tools/data/dota/split/img_split.py``, re-impleme
 * **Names.** ``{image_id}__{window_side}__{x_start}___{y_start}``, e.g. ``P0000__1024__0___824``, with
   ``(x_start, y_start)`` the window's top-left corner in the original image: what MMRotate's ``DOTAMetric``
   (``merge_patches=True``) parses to move detections back to the full image. The window side in the name tells
-  the scale apart (``P0000__2048__0___0`` is the rate-0.5 window of a 1024 split).
+  the scale apart (``P0000__2048__0___0`` is the rate-0.5 window of a 1024 split). (DOTA_devkit's older
+  multi-scale splitter instead resized the image and wrote ``{id}__{rate}__{x}___{y}`` in resized coordinates;
+  MMRotate does not use that, and its merge would misplace such patches.)
 * **Objects.** An object goes to a patch when its IoF with the window (area of the polygon inside the window
   rectangle ``[x0, x0+s] x [y0, y0+s]`` over the polygon's area) is at least ``iof_thr`` (0.7). Objects cut by
   the window (IoF < 1) get difficulty 2, the others keep theirs. Kept polygons are written *unclipped*, shifted
@@ -42,12 +44,13 @@ without a label file -> warning, no objects.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from itertools import product
-from multiprocessing import Pool
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
@@ -71,6 +74,7 @@ __all__ = [
     "patch_name",
     "plan_patches",
     "crop_patch",
+    "worker_pool",
     "split_dataset",
 ]
 
@@ -93,12 +97,14 @@ class DOTAFormatError(ValueError):
 
 
 def resolve_classes(classes: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
-    """``None`` (accept any class name), a preset name (``dota1.0``, ``dota1.5``, ``dota2.0``) or a list of names."""
+    """``None`` or ``"any"`` (accept any class name), a preset (``dota1.0``, ``dota1.5``, ``dota2.0``) or names."""
     if classes is None:
         return None
     if isinstance(classes, str):
         classes = [classes]
     classes = list(classes)
+    if classes == ["any"]:
+        return None
     if len(classes) == 1 and classes[0].lower() in DOTA_CLASSES:
         return DOTA_CLASSES[classes[0].lower()]
     return tuple(classes)
@@ -393,8 +399,20 @@ def _split_one(job: dict) -> dict:
                 windows=len(sliding_windows(w, h, job["sizes"], job["gaps"], job["img_rate_thr"])))
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)
+@contextmanager
+def worker_pool(workers: int):
+    """A ``multiprocessing`` pool whose workers start from a clean process (``forkserver``).
+
+    Forking the calling process directly is not safe once it has used threaded libraries: OpenCV's or torch's
+    (OpenMP) thread pools copied mid-state can leave the children waiting forever (seen with the full test suite).
+    The fork server is a fresh interpreter that imports this module once, and the workers are forked from it.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(workers) as pool:
+        yield pool
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -476,7 +494,7 @@ def split_dataset(img_dir: str, out_dir: str, ann_dir: Optional[str] = None, siz
                  img_out=img_out, ann_out=ann_out, ext=ext, png_compression=png_compression) for i in images]
     results = []
     if workers > 1 and len(jobs) > 1:
-        with Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:
             for r in _progress(pool.imap_unordered(_split_one, jobs), len(jobs), "split", progress):
                 results.append(r)
     else:

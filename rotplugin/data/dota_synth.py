@@ -34,13 +34,12 @@ import math
 import os
 import sys
 import time
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
-from .dota_split import DOTA_V1_CLASSES, format_dota_line
+from .dota_split import DOTA_V1_CLASSES, format_dota_line, worker_pool
 
 __all__ = ["SYNTH_CLASSES", "render_scene", "draw_object", "object_parts", "generate_dataset", "parse_size"]
 
@@ -523,7 +522,8 @@ def render_scene(rng: np.random.Generator, size: Union[int, Sequence[int], str] 
         tries += 1
         cls = classes[rng.integers(len(classes))]
         length, width = _sample_dims(rng, cls, scale)
-        place(cls, rng.uniform(0, w), rng.uniform(0, h), length, width, rng.uniform(0, 360))
+        shrink = min(1.0, 0.6 * min(w, h) / max(length, width))  # tiny images
+        place(cls, rng.uniform(0, w), rng.uniform(0, h), length * shrink, width * shrink, rng.uniform(0, 360))
     if not objects:
         raise RuntimeError(f"could not place any object in a {w}x{h} image")
 
@@ -572,10 +572,6 @@ def _render_one(job):
     return name, objects
 
 
-def _init_worker():
-    cv2.setNumThreads(1)
-
-
 def generate_dataset(out_dir: str, num_images: int, size: Union[int, str, Sequence[int]] = 512, seed: int = 0,
                      workers: int = 1, classes: Optional[Sequence[str]] = None, density: float = 1.0,
                      png_compression: int = 1, png_strategy: str = "huffman", overwrite: bool = False,
@@ -615,8 +611,9 @@ def generate_dataset(out_dir: str, num_images: int, size: Union[int, str, Sequen
             print(f"synthetic DOTA: {k}/{num_images} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
 
     if workers > 1 and num_images > 1:
-        with Pool(min(workers, num_images), initializer=_init_worker) as pool:
-            for k, (name, objs) in enumerate(pool.imap(_render_one, jobs, chunksize=4), start=1):
+        chunk = max(1, min(8, num_images // (4 * workers)))
+        with worker_pool(min(workers, num_images)) as pool:
+            for k, (name, objs) in enumerate(pool.imap(_render_one, jobs, chunksize=chunk), start=1):
                 out[name] = objs
                 report(k)
     else:

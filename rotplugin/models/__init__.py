@@ -2,9 +2,9 @@
 from .backbones.equivariant_resnet import EquivariantResNet
 from .data_preprocessor import EquivariantDetDataPreprocessor
 from .necks.equivariant_fpn import EquivariantFPN
-from .roi_extractors import RiRoIExtractor
 from .necks.feature_rotation_neck import FeatureRotationNeck
+from .roi_extractors import RiRoIExtractor
 from .tta import FeatureRotationTTAModel, ImageRotationTTAModel
 
 __all__ = ["EquivariantResNet", "EquivariantFPN", "EquivariantDetDataPreprocessor", "FeatureRotationNeck",
-           "FeatureRotationTTAModel", "ImageRotationTTAModel"]
+           "FeatureRotationTTAModel", "ImageRotationTTAModel", "RiRoIExtractor"]
