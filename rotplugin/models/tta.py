@@ -168,7 +168,9 @@ class _RotationTTAModel(BaseModel):
         keep = scores >= self.score_thr
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if boxes.numel():
-            _, idx = batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=self.iou_thr))
+            # split_thr=0: one NMS per class (quadratic in the boxes of a class, not of the whole image)
+            _, idx = batched_nms(boxes, scores, labels,
+                                 dict(type="nms_rotated", iou_threshold=self.iou_thr, split_thr=0))
             idx = idx[: self.max_per_img]
             boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
         result = InstanceData()
