@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-python3}
 MMCV_VERSION=2.1.0
 STACK=$ROOT/requirements/stack.txt
 LOCK=$ROOT/requirements/constraints.txt  # every package frozen from a working install
+# --no-compile: Python compiles what is imported on first use; byte-compiling all of torch at install costs ~20 s
 
 log() { printf '[install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 t0=$(date +%s)
@@ -31,7 +32,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY=$VENV/bin/python
-pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar off -c "$STACK" -c "$LOCK" "$@"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar off --no-compile -c "$STACK" -c "$LOCK" "$@"; }
 
 log "build tools (setuptools<81 keeps pkg_resources for mmcv's setup.py, ninja for parallel compiles)"
 pip_install -q "setuptools>=77,<81" wheel ninja
