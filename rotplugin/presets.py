@@ -1,9 +1,13 @@
 """Small variants of the full configs, for CPU tests, the demo and quick benchmarks."""
 from __future__ import annotations
 
-from mmengine.config import Config
+import os
+import os.path as osp
+from contextlib import contextmanager
 
-__all__ = ["load_config", "shrink_detector_config"]
+from mmengine.config import Config, DictAction
+
+__all__ = ["load_config", "shrink_detector_config", "add_runner_args", "runner_config", "trusted_checkpoints"]
 
 
 def load_config(path: str) -> Config:
@@ -12,6 +16,48 @@ def load_config(path: str) -> Config:
 
     register_all_modules(init_default_scope=True)
     return Config.fromfile(path)
+
+
+def add_runner_args(parser) -> None:
+    """The options tools/train.py and tools/test.py share: ``--work-dir``, ``--cfg-options``, ``--launcher``,
+    ``--local-rank`` (set by ``torch.distributed.launch``)."""
+    parser.add_argument("--work-dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+
+
+def runner_config(args) -> Config:
+    """The config of ``args.config`` with ``--cfg-options``, the launcher and the work dir (default
+    ``work_dirs/<config name>``) applied; sets ``LOCAL_RANK`` for mmengine's launcher."""
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    cfg = load_config(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
+        "work_dirs", osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+@contextmanager
+def trusted_checkpoints():
+    """Let ``torch.load`` unpickle mmengine's own checkpoints while the block runs.
+
+    torch >= 2.6 loads with ``weights_only=True`` by default, and the checkpoints an mmengine Runner writes carry
+    its message hub (``HistoryBuffer``, numpy arrays): ``--resume`` and ``load_from`` of such files fail with
+    "Weights only load failed". The train/test tools load files the user names on the command line, so they trust
+    them (as mmengine did before torch 2.6); the setting is restored afterwards.
+    """
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
 
 
 def shrink_detector_config(cfg: Config, depth: int = 18, orientation: int = 4, width: int = 16,

@@ -9,39 +9,28 @@ image-rotation baseline; ``none`` (default) plain inference.
 from __future__ import annotations
 
 import argparse
-import os
-import os.path as osp
 
-from mmengine.config import DictAction
+from rotplugin.presets import add_runner_args
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("checkpoint")
-    parser.add_argument("--work-dir")
     parser.add_argument("--out", help="dump predictions to a pickle file (.pkl)")
     parser.add_argument("--tta", choices=["feature", "image", "none"], default="none")
     parser.add_argument("--angles", nargs="+", default=["0", "90", "180", "270"], help="TTA view angles (degrees)")
     parser.add_argument("--fibre-interp", choices=["linear", "fourier"], default=None,
                         help="rule for feature rotations between orientation steps")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    add_runner_args(parser)
+    return parser.parse_args(argv)
 
 
 def build_test_config(args):
     from rotplugin.models.tta import parse_angles
-    from rotplugin.presets import load_config
+    from rotplugin.presets import runner_config
 
-    cfg = load_config(args.config)
-    cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
-        "work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = runner_config(args)
     cfg.load_from = args.checkpoint
     if args.tta != "none":
         hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "FeatureRotationTTAHook"]
@@ -58,12 +47,14 @@ def build_test_config(args):
 
 
 def main(argv=None):
-    import rotplugin  # noqa: F401
     from mmengine.runner import Runner
+
+    from rotplugin.presets import trusted_checkpoints
 
     args = parse_args(argv)
     runner = Runner.from_cfg(build_test_config(args))
-    return runner.test()
+    with trusted_checkpoints():  # the checkpoint is usually one an mmengine Runner wrote
+        return runner.test()
 
 
 if __name__ == "__main__":
