@@ -148,3 +148,28 @@ def test_bad_input_errors():
         EquivariantFPN(in_channels=[64, 128], out_channels=30, num_outs=2, orientation=4)
     with pytest.raises(ValueError, match="upsample_mode"):
         EquivariantFPN(in_channels=[64, 128], out_channels=32, num_outs=2, orientation=4, upsample_mode="bicubic")
+
+
+def test_sync_batchnorm_conversion_keeps_field_norms():
+    """mmengine's sync_bn='torch' calls SyncBatchNorm.convert_sync_batchnorm: the inner per-field BatchNorm3d
+    becomes a SyncBatchNorm with the same parameters and buffers, and (eval mode, CPU) the same outputs."""
+    import copy
+
+    bb = randomise_bn(small_backbone(4))
+    ref_state = copy.deepcopy(bb.state_dict())
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        ref = bb(x)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(bb).eval()
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(norms) == sum(1 for m in synced.modules() if type(m).__name__ == "FieldBatchNorm") > 0
+    assert not any(type(m) is torch.nn.BatchNorm3d for m in synced.modules())
+    state = synced.state_dict()
+    assert state.keys() == ref_state.keys()
+    assert all(torch.equal(state[k], ref_state[k]) for k in state)
+    with torch.no_grad():
+        out = synced(x)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    plain = synced.export().eval()
+    with torch.no_grad():
+        assert all(max_relative_error(a, b) <= TOL for a, b in zip(plain(x), ref))

@@ -499,10 +499,10 @@ def _convert_part(kind: str, src: dict, target: nn.Module, orientation: int, fli
         elif isinstance(module, FieldBatchNorm):
             q = _source_name(kind, path, module)
             used.update(key for key in src if key.startswith(q.split(".batch_norm_[")[0] + ".indices_"))
-            out = _convert_bn(module, src, q, used, problems)
+            out = _convert_bn(module.bn, src, q, used, problems)
             if out is not None:
                 for name, value in out.items():
-                    converted[f"{path}.{name}"] = value
+                    converted[f"{path}.bn.{name}"] = value
                 layers.append(LayerReport(out_prefix + path, src_prefix + q[:-1], "bn"))
     problems.unexpected.extend(sorted(k for k in src if k not in used))
     if problems:

@@ -208,15 +208,18 @@ class FieldConv(nn.Module):
                 f"kernel_size={self.kernel_size}, stride={self.stride}")
 
 
-class FieldBatchNorm(nn.BatchNorm3d):
+class FieldBatchNorm(nn.Module):
     """Batch norm with one statistic (and one affine weight/bias) per *field*, shared by its channels.
 
     The same normalisation as escnn's ``InnerBatchNorm`` for fields of equal size: the tensor is viewed as
-    ``(B, fields, field_size, H, W)`` and normalised by a ``BatchNorm3d`` over fields, so mmengine's ``norm_eval``
-    and frozen-stage logic treat it as the batch norm it is.
+    ``(B, fields, field_size, H, W)`` and normalised by the inner ``bn``, a ``BatchNorm3d`` over fields. The inner
+    module is a plain torch batch norm, so mmengine's ``norm_eval`` and frozen stages treat it as one, and
+    ``SyncBatchNorm.convert_sync_batchnorm`` (mmengine's ``sync_bn='torch'``) replaces it by a ``SyncBatchNorm`` that
+    still receives the 5-D field view.
     """
 
     def __init__(self, field_type, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+        super().__init__()
         sizes = {r.size for r in field_type.representations}
         if len(sizes) != 1:
             raise ValueError(f"FieldBatchNorm needs fields of one size, got sizes {sorted(sizes)}")
@@ -226,27 +229,31 @@ class FieldBatchNorm(nn.BatchNorm3d):
                                  f"got {r.name}")
         self.field_type = field_type
         self.field_size = sizes.pop()
-        super().__init__(len(field_type), eps=eps, momentum=momentum, affine=affine)
+        self.bn = nn.BatchNorm3d(len(field_type), eps=eps, momentum=momentum, affine=affine)
+
+    @property
+    def num_features(self) -> int:
+        return self.bn.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         if c != self.field_type.size:
             raise ValueError(f"FieldBatchNorm expects {self.field_type.size} channels, got {c}")
-        return super().forward(x.reshape(b, self.num_features, self.field_size, h, w)).reshape(b, c, h, w)
+        return self.bn(x.reshape(b, self.bn.num_features, self.field_size, h, w)).reshape(b, c, h, w)
 
     def export(self) -> nn.BatchNorm2d:
         """A ``torch.nn.BatchNorm2d`` over channels with the per-field statistics repeated (equal in eval mode)."""
-        n = self.field_size
-        out = nn.BatchNorm2d(self.num_features * n, eps=self.eps, momentum=self.momentum, affine=self.affine)
+        n, bn = self.field_size, self.bn
+        out = nn.BatchNorm2d(bn.num_features * n, eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
         with torch.no_grad():
-            out.running_mean.copy_(self.running_mean.repeat_interleave(n))
-            out.running_var.copy_(self.running_var.repeat_interleave(n))
-            out.num_batches_tracked.copy_(self.num_batches_tracked)
-            if self.affine:
-                out.weight.copy_(self.weight.repeat_interleave(n))
-                out.bias.copy_(self.bias.repeat_interleave(n))
-        out.train(self.training)
-        return out.to(self.running_mean.device)
+            out.running_mean.copy_(bn.running_mean.repeat_interleave(n))
+            out.running_var.copy_(bn.running_var.repeat_interleave(n))
+            out.num_batches_tracked.copy_(bn.num_batches_tracked)
+            if bn.affine:
+                out.weight.copy_(bn.weight.repeat_interleave(n))
+                out.bias.copy_(bn.bias.repeat_interleave(n))
+        out.train(bn.training)
+        return out.to(bn.running_mean.device)
 
 
 def _is_permutation_representation(rep) -> bool:
