@@ -49,10 +49,13 @@ def build_test_config(args):
 def main(argv=None):
     from mmengine.runner import Runner
 
+    from rotplugin.engine import init_cpu_distributed
     from rotplugin.presets import trusted_checkpoints
 
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_test_config(args))
+    cfg = build_test_config(args)
+    init_cpu_distributed(cfg, args.launcher)  # torchrun on a machine without GPU: gloo
+    runner = Runner.from_cfg(cfg)
     with trusted_checkpoints():  # the checkpoint is usually one an mmengine Runner wrote
         return runner.test()
 

@@ -37,10 +37,13 @@ def build_train_config(args):
 def main(argv=None):
     from mmengine.runner import Runner
 
+    from rotplugin.engine import init_cpu_distributed
     from rotplugin.presets import trusted_checkpoints
 
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_train_config(args))
+    cfg = build_train_config(args)
+    init_cpu_distributed(cfg, args.launcher)  # torchrun on a machine without GPU: gloo
+    runner = Runner.from_cfg(cfg)
     with trusted_checkpoints():  # --resume / load_from read mmengine checkpoints
         runner.train()
     return runner
