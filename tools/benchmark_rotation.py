@@ -27,11 +27,8 @@ or ``pool(rotate(S, 45°))``, where ``pool`` is a 5x5 box filter sampled at stri
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,6 +45,7 @@ from escnn import gspaces  # noqa: E402
 from escnn import nn as enn  # noqa: E402
 
 from rotplugin.fields import rotate_fields, rotate_grid, rotate_pyramid  # noqa: E402
+from rotplugin.io import write_json_atomic  # noqa: E402
 
 DEMO = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
 KEYS = ("rot90_over_clone", "escnn_over_ours_90", "escnn_over_ours_45", "err45_features", "err45_input")
@@ -247,21 +245,6 @@ def accuracy() -> dict:
     return {"err45_features": err_feat, "err45_input": err_input}
 
 
-def write_json(path: str, data: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="OUT", help="write the five results to this JSON file")
@@ -280,7 +263,7 @@ def main(argv=None) -> int:
         print(f"{key:22s} {results[key]:10.4f}  {goals.get(key, '')}")
     print(f"(total {time.perf_counter() - t0:.1f} s)")
     if args.json:
-        write_json(args.json, {k: float(results[k]) for k in KEYS})
+        write_json_atomic(args.json, {k: float(results[k]) for k in KEYS})
     return 0
 
 

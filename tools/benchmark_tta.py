@@ -18,14 +18,14 @@ Writes the JSON atomically (temp file + rename).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from rotplugin.io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -112,13 +112,6 @@ def measure(model, data, angles, repeat, score_thr):
     }
 
 
-def write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
@@ -156,7 +149,7 @@ def main(argv=None):
                   f"dets {r['num_dets']}/{r['num_dets_image_tta']} matched {r['matched']:.3f} "
                   f"max box diff {r['max_box_diff_px']:.2e}px score {r['max_score_diff']:.2e}")
             if args.json:
-                write_json(args.json, results)
+                write_json_atomic(args.json, results)
     return results
 
 

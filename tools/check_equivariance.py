@@ -12,7 +12,6 @@ For each level the number printed is the max relative error ``max|rotate_fields(
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from rotplugin.io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
@@ -124,10 +125,7 @@ def main(argv=None):
         print(report.table(f"== {name} =="))
         results["canvas" if canvas else "no_canvas"] = report.to_json()
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, results)
         print(f"\nwrote {args.json}")
     return 0
 

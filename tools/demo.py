@@ -7,12 +7,13 @@ approximately without it).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from rotplugin.io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,13 +69,7 @@ def main(argv=None):
         print(report.table(f"== {title} =="))
         results[key] = report.to_json()
     if args.json:
-        import json
-
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, results)
         print(f"\n[demo] wrote {args.json}")
     return 0
 

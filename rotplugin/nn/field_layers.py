@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +141,7 @@ class FieldConv(nn.Module):
         """``(filter, bias)`` of the equivalent ``torch.nn.Conv2d`` (symmetrised; cached in eval mode until the
         coefficients change)."""
         weights = self.conv.weights
-        if not self.training and not torch.is_grad_enabled() or not self.training and not weights.requires_grad:
+        if not self.training and not (torch.is_grad_enabled() and weights.requires_grad):
             key = (weights._version, weights.device, weights.dtype,
                    None if self.conv.bias is None else self.conv.bias._version)
             if self._cache is not None and self._cache[0] == key:
