@@ -97,6 +97,12 @@ class FieldConv(nn.Module):
     equivariant under the group's grid symmetries (rotations by multiples of 90° and, for D_N, mirrors): the average
     over those elements ``g`` of ``ρ_out(g) W(g⁻¹x) ρ_in(g)⁻¹``, computed with index operations in float64. The
     projection is linear (gradients flow through it) and leaves an equivariant filter unchanged up to rounding.
+
+    It is applied wherever exactness can be observed: in eval mode (cached), under ``torch.no_grad()`` and in
+    :meth:`export`. A training step (training mode with gradients) uses escnn's expansion as it is: projecting every
+    filter at every step, forward and backward, costs about 25× the expansion itself (measured on the demo's
+    EquivariantResNet-18 C4), and changes the filter only by escnn's rounding, so the coefficients learn the same
+    function.
     """
 
     def __init__(self, in_type, out_type, kernel_size: int, stride: int = 1, dilation: int = 1, bias: bool = False,
@@ -113,6 +119,14 @@ class FieldConv(nn.Module):
                                dilation=dilation, bias=bias, sigma=None, frequencies_cutoff=_frequency_cutoff_3r,
                                initialize=False)
         _fan_in_scale(self.conv, gain)
+        # escnn's R2Conv keeps its expanded filter (and bias) as buffers for its own forward: zeros from construction
+        # on, the unsymmetrised expansion after ``eval()``. FieldConv never runs that forward (it expands and caches
+        # its own symmetrised filter, :meth:`expanded_filter`), so they are dropped here and never made again
+        # (:meth:`train`): DDP would broadcast them at every step (the zeros of an R50-C8 + FPN are 126 MB, against
+        # 15 MB of coefficients, and DDP keeps them after escnn's ``train()`` deletes them), and checkpoints saved in
+        # eval mode would carry them. The state dict holds the same keys in both modes.
+        for name in ("filter", "expanded_bias"):
+            self.conv._buffers.pop(name, None)
         self._symmetries = [s for s in _grid_symmetries(in_type.gspace) if s != (0, False)]
         self._cache = None  # (key, filter, bias) for eval mode
 
@@ -141,9 +155,12 @@ class FieldConv(nn.Module):
         """``(filter, bias)`` of the equivalent ``torch.nn.Conv2d`` (symmetrised; cached in eval mode until the
         coefficients change)."""
         weights = self.conv.weights
+        if self.training and torch.is_grad_enabled() and weights.requires_grad:
+            return self.conv.expand_parameters()  # a training step: see the class docstring
         if not self.training and not (torch.is_grad_enabled() and weights.requires_grad):
-            key = (weights._version, weights.device, weights.dtype,
-                   None if self.conv.bias is None else self.conv.bias._version)
+            bias = self.conv.bias
+            key = (weights._version, weights.data_ptr(), weights.device, weights.dtype,
+                   None if bias is None else (bias._version, bias.data_ptr()))
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1], self._cache[2]
             with torch.no_grad():
@@ -162,31 +179,19 @@ class FieldConv(nn.Module):
                         self.dilation)
 
     def train(self, mode: bool = True):
+        # the flags only: escnn's R2Conv.train(False) would expand its unsymmetrised filter into buffers (see
+        # __init__); the eval-mode cache of this module is rebuilt on first use
         self._cache = None
-        return super().train(mode)
+        for module in self.modules():
+            module.training = mode
+        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # escnn's R2Conv keeps the expanded ``filter`` / ``expanded_bias`` as buffers only in eval mode (and right
-        # after construction): they are caches of ``weights`` / ``bias``. Make loading independent of the mode the
-        # state dict was saved in: drop the caches when this conv has none, expand them from the incoming
-        # coefficients when this conv has them and the state dict does not.
-        conv, p = self.conv, prefix + "conv."
+        # ``filter`` / ``expanded_bias``: escnn's caches of ``weights`` / ``bias`` that checkpoints of escnn models
+        # (and of FieldConv before it dropped them) carry when saved in eval mode or right after construction; the
+        # coefficients are the state, so the caches are ignored whatever mode the state dict was saved in.
         for name in ("filter", "expanded_bias"):
-            has_buffer = name in conv._buffers and conv._buffers[name] is not None
-            if not has_buffer:
-                state_dict.pop(p + name, None)
-            elif p + name not in state_dict:
-                source = p + ("weights" if name == "filter" else "bias")
-                own = conv.weights if name == "filter" else conv.bias
-                if source in state_dict and own is not None and state_dict[source].shape == own.shape:
-                    with torch.no_grad():
-                        value = state_dict[source].to(conv.weights)
-                        if name == "filter":
-                            value = conv.basisexpansion(value)
-                            value = value.reshape(value.shape[0], value.shape[1], self.kernel_size, self.kernel_size)
-                        else:
-                            value = conv.bias_expansion @ value
-                    state_dict[p + name] = value
+            state_dict.pop(prefix + "conv." + name, None)
         self._cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
