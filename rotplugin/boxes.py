@@ -6,6 +6,12 @@ Box convention: mmrotate's ``rbox`` in **le90**: ``(cx, cy, w, h, t)`` with the 
 box clockwise on screen. A canvas rotation by ``+a`` degrees (counter-clockwise on screen, see
 :mod:`rotplugin.canvas`) therefore maps ``t -> t - a`` and a mirror ``x -> -x`` maps ``t -> -t``; ``w`` and ``h``
 are kept and ``t`` is wrapped back into ``[-pi/2, pi/2)`` (a box is symmetric under half turns).
+
+Inputs outside the convention: angles anywhere (outside le90's range, several turns, negative) are accepted and the
+results are wrapped into ``[-pi/2, pi/2)`` — a rotation by 0° only normalises the angle. ``w`` and ``h`` are never
+swapped: mmrotate's le90 also wants ``w >= h`` (``RotatedBoxes.regularize_boxes('le90')``), which the mapping keeps
+when the input has it. Degenerate boxes (``w`` or ``h`` = 0) map like any other; NaN / Inf values propagate. Boxes
+must be a floating-point ``(n, 5)`` tensor (``n = 0`` allowed), else ``ValueError`` / ``TypeError``.
 """
 from __future__ import annotations
 
@@ -20,14 +26,20 @@ __all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "
 
 
 def wrap_le90(t: torch.Tensor) -> torch.Tensor:
-    """Angles (radians) wrapped into le90's ``[-pi/2, pi/2)``."""
-    return torch.remainder(t + math.pi / 2, math.pi) - math.pi / 2
+    """Angles (radians, any value) wrapped into le90's ``[-pi/2, pi/2)`` (the bounds in ``t``'s dtype).
+
+    ``remainder`` can round up to exactly ``pi`` for an angle a hair below ``-pi/2 + k pi`` (float64
+    ``nextafter(-pi/2, -inf)`` gave ``+pi/2``); such results are moved to ``-pi/2``, the same box orientation."""
+    out = torch.remainder(t + math.pi / 2, math.pi) - math.pi / 2
+    return torch.where(out >= math.pi / 2, out - math.pi, out)
 
 
 def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 5:
         shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
         raise ValueError(f"rotated boxes must be an (n, 5) tensor (cx, cy, w, h, t[rad], le90), got {shape}")
+    if not boxes.is_floating_point():   # integer boxes would silently truncate the mapped centres and angles
+        raise TypeError(f"rotated boxes must be a floating-point tensor, got dtype {boxes.dtype}")
     return boxes
 
 

@@ -21,6 +21,7 @@ Conventions (the single place they are written down; everything else refers here
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence, Tuple
 
 __all__ = [
@@ -33,17 +34,26 @@ __all__ = [
 ]
 
 
+def _is_int(n) -> bool:
+    """Python and numpy integers (``np.int64`` from array shapes), not ``bool``."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
 def _check_stride(stride: int) -> int:
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+    if not _is_int(stride) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    return stride
+    return int(stride)
 
 
 def equivariant_canvas_size(size: int, max_stride: int) -> int:
-    """Smallest side ``n >= size`` with ``n ≡ 1 (mod max_stride)`` (1025 for 1024 and strides up to 1024)."""
-    _check_stride(max_stride)
-    if not isinstance(size, int) or size < 1:
+    """Smallest side ``n >= size`` with ``n ≡ 1 (mod max_stride)`` (1025 for 1024 and strides up to 1024).
+
+    Images smaller than ``max_stride`` get the canvas ``max_stride + 1`` (a 20x30 image and strides up to 128: 129).
+    A zero or negative size raises ``ValueError``."""
+    max_stride = _check_stride(max_stride)
+    if not _is_int(size) or size < 1:
         raise ValueError(f"image size must be a positive integer, got {size!r}")
+    size = int(size)
     return size + ((1 - size) % max_stride)
 
 
@@ -54,13 +64,13 @@ def equivariant_canvas_shape(shape: Sequence[int], max_stride: int) -> Tuple[int
 
 
 def is_equivariant_canvas(shape: Sequence[int], max_stride: int) -> bool:
-    _check_stride(max_stride)
+    max_stride = _check_stride(max_stride)
     return all(int(n) % max_stride == 1 % max_stride for n in shape)
 
 
 def check_equivariant_canvas(shape: Sequence[int], max_stride: int, what: str = "input") -> None:
     """Raise ``ValueError`` naming the offending side when ``shape`` is not an equivariant canvas."""
-    _check_stride(max_stride)
+    max_stride = _check_stride(max_stride)
     for name, n in zip(("height", "width"), shape):
         if int(n) % max_stride != 1 % max_stride:
             good = equivariant_canvas_size(int(n), max_stride)
@@ -72,7 +82,7 @@ def check_equivariant_canvas(shape: Sequence[int], max_stride: int, what: str = 
 
 def feature_size(n: int, stride: int) -> int:
     """Side of the stride-``stride`` map of a canvas side ``n`` (stride-2 steps of ``floor((n-1)/2) + 1``)."""
-    _check_stride(stride)
+    stride = _check_stride(stride)
     if stride & (stride - 1):
         raise ValueError(f"stride must be a power of two, got {stride}")
     for _ in range(int(math.log2(stride))):
@@ -82,6 +92,6 @@ def feature_size(n: int, stride: int) -> int:
 
 def canvas_centre(canvas_shape: Sequence[int], stride: int = 1) -> Tuple[float, float]:
     """Canvas centre ``(y, x)`` in the coordinates of a stride-``stride`` feature map: ``((H-1)/(2s), (W-1)/(2s))``."""
-    _check_stride(stride)
+    stride = _check_stride(stride)
     h, w = canvas_shape
     return (h - 1) / (2.0 * stride), (w - 1) / (2.0 * stride)

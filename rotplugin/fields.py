@@ -28,6 +28,11 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
   ``torch.rot90`` does) to save a copy. Results never alias the input.
 * Also accepted: ``flip2dOnR2()`` (escnn's C2 acting by the mirror ``m``: N = 1, ``flip=True`` is its element 1) and
   ``trivialOnR2()`` (C1).
+* **Edge cases.** Any finite angle (negative, several turns) is reduced modulo 360°; NaN / Inf angles raise
+  ``ValueError``. An empty batch (``B = 0``) gives an empty batch of the rotated size; a map with a zero side raises
+  ``ValueError``; a canvas need not be ``≡ 1 (mod stride)`` (the centre then lies between feature pixels and the
+  map is interpolated, see :func:`rotate_grid`). NaN / Inf feature values are not checked: they propagate (to the
+  interpolation neighbourhood, and across a field's channels for non-permutation fields).
 
 Between two orientation steps ``ρ(θ)`` is not defined by the group; ``fibre_interp`` picks a rule (see
 :func:`fibre_operator`). Public pieces: :func:`rotate_fields` (spatial + fibre), :func:`rotate_grid` (spatial only),
@@ -476,27 +481,28 @@ class FibreOperator:
         if self.kind == "identity":
             return x
         compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        shape = x.shape
+        rest = math.prod(shape[2:])     # explicit sizes, not -1: an empty batch (B = 0) must reshape too
         if self.kind == "permutation":
             idx, sign = self._tensors(x.device, compute)
             # on a (B, C, rest) view, index_select copies whole channel planes; on the 4-D tensor it gathers
             # element by element (measured ~3.5x slower for 256 x 129²)
-            y = x.reshape(x.shape[0], x.shape[1], -1).index_select(1, idx).reshape(x.shape) \
+            y = x.reshape(shape[0], shape[1], rest).index_select(1, idx).reshape(shape) \
                 if x.is_contiguous() else x.index_select(1, idx)
-            if sign is not None:
-                y = (y.to(compute) * sign).to(x.dtype)
+            if sign is not None:        # cached as (1, C, 1, 1): shaped for any number of spatial dims
+                y = (y.to(compute) * sign.reshape((1, -1) + (1,) * (x.dim() - 2))).to(x.dtype)
             return y
         parts = []
-        shape = x.shape
-        flat = x.reshape(shape[0], shape[1], -1)
+        flat = x.reshape(shape[0], shape[1], rest)
         for (start, nf, d, m, p), (what, op, sign) in zip(self.runs, self._tensors(x.device, compute)):
-            seg = flat[:, start:start + nf * d].reshape(shape[0], nf, d, -1)
+            seg = flat[:, start:start + nf * d].reshape(shape[0], nf, d, rest)
             if what == "perm":
                 y = seg.index_select(2, op)
                 if sign is not None:
                     y = (y.to(compute) * sign).to(x.dtype)
             else:
                 y = torch.matmul(op, seg.to(compute)).to(x.dtype)
-            parts.append(y.reshape(shape[0], nf * d, -1))
+            parts.append(y.reshape(shape[0], nf * d, rest))
         return torch.cat(parts, dim=1).reshape(shape)
 
     __call__ = apply
@@ -696,6 +702,9 @@ def _check_tensor(tensor) -> torch.Tensor:
         raise ValueError(f"expected a 4-D (B, C, h, w) tensor, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got dtype {tensor.dtype}")
+    if tensor.shape[-2] < 1 or tensor.shape[-1] < 1:
+        raise ValueError(f"expected a map of at least 1x1 pixels, got shape {tuple(tensor.shape)} (a zero-size "
+                         f"map has no canvas to rotate about)")
     return tensor
 
 
