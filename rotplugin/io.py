@@ -1,26 +1,106 @@
-"""Small file helpers shared by the tools (no mm* imports)."""
+"""Small file helpers shared by the tools (no mm* imports): atomic writes and resumable JSON result files."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Optional
 
-__all__ = ["write_json_atomic"]
+__all__ = ["write_json_atomic", "write_pickle_atomic", "ResumableResults"]
 
 
-def write_json_atomic(path, data) -> None:
-    """Write ``data`` as JSON to ``path`` through a temp file in the same folder and a rename, so that an
-    interrupted run never leaves a half-written file (parent folders are created)."""
+def _write_atomic(path, write: Callable, mode: str) -> None:
+    """Call ``write(file)`` on a temp file in the folder of ``path`` and rename it to ``path`` (parent folders are
+    created): readers see the old file or the complete new one, never a partial one."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path, data) -> None:
+    """Write ``data`` as JSON to ``path`` through a temp file in the same folder and a rename, so that an
+    interrupted run never leaves a half-written file (parent folders are created)."""
+    def write(fh):
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+
+    _write_atomic(path, write, "w")
+
+
+def write_pickle_atomic(path, data) -> None:
+    """:func:`write_json_atomic` for a pickle file."""
+    _write_atomic(path, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL), "wb")
+
+
+def _canonical(settings: dict) -> dict:
+    # the form the settings take once written and read back (tuples become lists, keys strings)
+    return json.loads(json.dumps(settings))
+
+
+class ResumableResults:
+    """A JSON file of named entries that a rerun of a tool resumes.
+
+    Every entry is a dict stored with the ``settings`` it was measured with. Rerunning with the same file,
+    :meth:`done` says (and prints) that an entry with equal settings is there, so the tool skips it; entries with
+    other settings, or every entry with ``force=True``, are measured again. :meth:`put` writes the whole file
+    atomically after each entry, so an interrupted run keeps what it finished. Entries of the file that this run
+    does not touch are kept. Other top-level fields (a summary) can be set in :attr:`data` and written with
+    :meth:`save`. Without a ``path`` nothing is read or written and nothing counts as done.
+    """
+
+    def __init__(self, path: Optional[str], force: bool = False, log: Callable[[str], Any] = print):
+        self.path, self.force, self.log = path, force, log
+        self.data: dict = {}
+        if path and os.path.exists(path):
+            try:
+                with open(path) as fh:
+                    data = json.load(fh)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path} exists but is not a JSON results file ({err}); move it away or name "
+                                 f"another --json file") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path} does not hold a JSON object of results; name another --json file")
+            self.data = data
+
+    def done(self, key: str, settings: dict) -> bool:
+        """Whether ``key`` is already in the file with these ``settings`` (and ``force`` is off); prints the
+        reason when it skips or re-measures."""
+        if not self.path:
+            return False
+        entry = self.data.get(key)
+        if not isinstance(entry, dict) or "settings" not in entry:
+            return False
+        if entry["settings"] != _canonical(settings):
+            self.log(f"{key}: in {self.path} with other settings, measuring again")
+            return False
+        if self.force:
+            self.log(f"{key}: in {self.path}, measuring again (--force)")
+            return False
+        self.log(f"{key}: skipped, already measured with the same settings in {self.path} (--force to redo)")
+        return True
+
+    def get(self, key: str) -> Optional[dict]:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict, settings: dict) -> dict:
+        """Store ``value`` (a dict) with its ``settings`` under ``key`` and write the file."""
+        entry = dict(value, settings=_canonical(settings))
+        self.data[key] = entry
+        self.save()
+        return entry
+
+    def save(self) -> None:
+        if self.path:
+            write_json_atomic(self.path, self.data)

@@ -3,6 +3,6 @@
 Registering there (rather than in a child registry of our own) lets every mmrotate 1.x config use our types by bare
 name after ``custom_imports=dict(imports=['rotplugin'])``.
 """
-from mmrotate.registry import HOOKS, MODELS, TASK_UTILS  # noqa: F401
+from mmrotate.registry import HOOKS, METRICS, MODELS, TASK_UTILS  # noqa: F401
 
-__all__ = ["MODELS", "HOOKS", "TASK_UTILS"]
+__all__ = ["MODELS", "HOOKS", "METRICS", "TASK_UTILS"]

@@ -289,16 +289,21 @@ def test_without_e2cnn(monkeypatch, redet, redet_outputs, image):
 
 
 def test_field_conv_loads_state_dicts_of_either_mode():
-    """escnn keeps the expanded filter as a buffer only in eval mode; FieldConv loads either kind in either mode."""
+    """escnn keeps the expanded filter as a buffer in eval mode; FieldConv drops it (its state dict is the same in
+    both modes) and loads state dicts with or without it in either mode."""
     torch.manual_seed(0)
     src = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
     dst = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
     x = torch.randn(1, 3, 33, 33)
     train_sd, eval_sd = src.train().state_dict(), src.eval().state_dict()
-    assert len(eval_sd) > len(train_sd)
+    assert train_sd.keys() == eval_sd.keys()
+    # what escnn's eval mode (and FieldConv before it dropped the caches) saved
+    legacy_sd = dict(eval_sd, **{f"{name}.conv.filter": m.conv.expand_parameters()[0].detach()
+                                 for name, m in src.named_modules() if isinstance(m, FieldConv)})
+    assert len(legacy_sd) > len(eval_sd)
     with torch.no_grad():
         expected = src(x)
-    for sd in (train_sd, eval_sd):
+    for sd in (train_sd, eval_sd, legacy_sd):
         for mode in (True, False):
             dst.train(mode).load_state_dict(sd, strict=True)
             with torch.no_grad():

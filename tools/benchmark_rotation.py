@@ -1,6 +1,6 @@
 """Benchmark rotplugin.fields: speed of passive rotation against a clone and against escnn, and equivariance error.
 
-Usage: ``python tools/benchmark_rotation.py [--json OUT] [--quick] [--threads N]``
+Usage: ``python tools/benchmark_rotation.py [--json OUT [--force]] [--quick] [--threads N]``
 
 Speed (one CPU run; one torch thread by default, since this machine's two cores are shared and a busy second core
 makes multi-threaded timings of memory-bound copies meaningless): a 5-level pyramid of a 1025x1025 canvas (strides
@@ -23,6 +23,10 @@ or ``pool(rotate(S, 45°))``, where ``pool`` is a 5x5 box filter sampled at stri
   0.6 x the half-side (the corners of ``I45`` are empty and the border sees zero padding).
 * ``err45_input``: the interpolation error of the input itself: ``||rotate(rotate(I, 45°), -45°) - I|| / ||I||`` in
   the same disc, both rotations bilinear (``rotate_grid``). Also printed: ``||rotate(I, 45°) - I45|| / ||I45||``.
+
+``--json OUT`` holds the five results at its top level and the two measurements (``speed``, ``accuracy``) as
+entries with their settings; it is written atomically after each measurement, and a rerun with the same file skips
+a measurement already there with the same settings (``--force`` redoes it).
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from escnn import gspaces  # noqa: E402
 from escnn import nn as enn  # noqa: E402
 
 from rotplugin.fields import rotate_fields, rotate_grid, rotate_pyramid  # noqa: E402
-from rotplugin.io import write_json_atomic  # noqa: E402
+from rotplugin.io import ResumableResults  # noqa: E402
 
 DEMO = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
 KEYS = ("rot90_over_clone", "escnn_over_ours_90", "escnn_over_ours_45", "err45_features", "err45_input")
@@ -247,23 +251,30 @@ def accuracy() -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="OUT", help="write the five results to this JSON file")
+    parser.add_argument("--json", metavar="OUT", help="write (and resume) the five results in this JSON file")
+    parser.add_argument("--force", action="store_true", help="measure again what --json already holds")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    store = ResumableResults(args.json, force=args.force)
+    image = str(DEMO) if DEMO.is_file() else "generated"
+    measurements = [("speed", lambda: speed(args.quick), dict(quick=args.quick, threads=args.threads)),
+                    ("accuracy", accuracy, dict(image=image))]
     results = {}
-    results.update(speed(args.quick))
-    results.update(accuracy())
+    for name, fn, settings in measurements:
+        if not store.done(name, settings):
+            store.put(name, {k: float(v) for k, v in fn().items()}, settings)
+        results.update({k: v for k, v in store.get(name).items() if k in KEYS})
+        store.data.update(results)  # the flat summary at the top level
+        store.save()
     print()
     print(f"{'metric':22s} {'value':>10s}  goal")
     goals = {"rot90_over_clone": "<= 2", "escnn_over_ours_45": ">= 20"}
     for key in KEYS:
         print(f"{key:22s} {results[key]:10.4f}  {goals.get(key, '')}")
     print(f"(total {time.perf_counter() - t0:.1f} s)")
-    if args.json:
-        write_json_atomic(args.json, {k: float(results[k]) for k in KEYS})
     return 0
 
 

@@ -1,6 +1,7 @@
 """Feature-rotation TTA against image-rotation TTA: time and agreement, measured side by side in one run (CPU).
 
-    python tools/benchmark_tta.py [--json OUT] [--size S] [--depth D] [--orientation N] [--models retinanet orcnn]
+    python tools/benchmark_tta.py [--json OUT [--force]] [--size S] [--depth D] [--orientation N]
+                                  [--models rotated_retinanet oriented_rcnn]
 
 For Rotated RetinaNet and Oriented R-CNN with an EquivariantResNet (default depth 50, C8) + EquivariantFPN, seeded
 random weights, on the real DOTA image (../shared/data/dota_samples/images/demo.jpg resized to S, else noise) padded
@@ -13,7 +14,9 @@ to the equivariant canvas (1025 for S = 1024):
   canvas) and for 8 views at 45° steps (C8 elements, spatially interpolated, so only approximate).
 
 Random weights score near the prior, so the heads' ``score_thr`` is lowered to compare hundreds of boxes.
-Writes the JSON atomically (temp file + rename).
+The JSON is written atomically (temp file + rename) after every measurement, each entry with the settings it was
+measured with; rerun with the same ``--json`` and the entries already there with the same settings are skipped
+(``--force`` measures them again), so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rotplugin.io import write_json_atomic
+from rotplugin.io import ResumableResults
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,7 +117,8 @@ def measure(model, data, angles, repeat, score_thr):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="write (and resume) the results here")
+    parser.add_argument("--force", action="store_true", help="measure again what --json already holds")
     parser.add_argument("--size", type=int, default=1024, help="image side before padding to the canvas")
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--orientation", type=int, default=8)
@@ -131,26 +135,31 @@ def main(argv=None):
     data, source = batch(args.size)
     print(f"image: {source}; EquivariantResNet-{args.depth} C{args.orientation}; torch threads "
           f"{torch.get_num_threads()}")
-    results = {"image": source, "depth": args.depth, "orientation": args.orientation}
+    results = ResumableResults(args.json, force=args.force)
+    results.data.update({"image": source, "depth": args.depth, "orientation": args.orientation})
     for name in args.models:
         score_thr = args.score_thr if args.score_thr is not None else DEFAULT_SCORE_THR[name]
-        model = build(name, args.depth, args.orientation, score_thr)
-        with torch.no_grad():
-            model.extract_feat(model.data_preprocessor(data, False)["inputs"])  # warm-up (escnn eval filters)
         runs = [(name, [0, 90, 180, 270])]
         if not args.no_45 and args.orientation % 8 == 0:
             runs.append((f"{name}_45", [45 * i for i in range(8)]))
+        settings = {key: dict(image=source, size=args.size, depth=args.depth, orientation=args.orientation,
+                              repeat=args.repeat, score_thr=score_thr, angles=angles,
+                              threads=torch.get_num_threads()) for key, angles in runs}
+        runs = [(key, angles) for key, angles in runs if not results.done(key, settings[key])]
+        if not runs:
+            continue
+        model = build(name, args.depth, args.orientation, score_thr)
+        with torch.no_grad():
+            model.extract_feat(model.data_preprocessor(data, False)["inputs"])  # warm-up (escnn eval filters)
         for key, angles in runs:
-            r = measure(model, data, angles, args.repeat, score_thr)
-            results[key] = r
+            r = results.put(key, measure(model, data, angles, args.repeat, score_thr), settings[key])
             print(f"{key:>24}: views {r['views']}  B {r['backbone_neck_s']:.2f}s  H {r['heads_per_view_s']:.2f}s  "
                   f"feature {r['feature_tta_s']:.2f}s  image {r['image_tta_s']:.2f}s  ratio {r['measured_ratio']:.3f}"
                   f" (ideal {r['ideal_ratio']:.3f}, goal <= {1.05 * r['ideal_ratio']:.3f})  "
                   f"dets {r['num_dets']}/{r['num_dets_image_tta']} matched {r['matched']:.3f} "
                   f"max box diff {r['max_box_diff_px']:.2e}px score {r['max_score_diff']:.2e}")
-            if args.json:
-                write_json_atomic(args.json, results)
-    return results
+    results.save()
+    return results.data
 
 
 if __name__ == "__main__":

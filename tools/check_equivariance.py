@@ -8,6 +8,10 @@ Examples::
 
 For each level the number printed is the max relative error ``max|rotate_fields(F(I)) - F(rot I)| / max|F(rot I)|``
 (:mod:`rotplugin.equivariance`). With ``--flip`` (D_N models) mirrored copies are checked too.
+
+``--json OUT`` is written atomically after each of the two tables (``canvas``, ``no_canvas``), each stored with the
+settings it was measured with; a rerun with the same file skips a table already there with the same settings
+(``--force`` measures it again).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rotplugin.io import write_json_atomic
+from rotplugin.io import ResumableResults
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
@@ -99,11 +103,18 @@ def main(argv=None):
                         help="float64 separates the construction's exactness from float32 rounding")
     parser.add_argument("--metric", choices=["max", "l2"], default="max",
                         help="max: max|diff|/max|ref| per level; l2: ||diff||/||ref||")
-    parser.add_argument("--json", help="write the tables as JSON here")
+    parser.add_argument("--json", help="write (and resume) the tables as JSON here")
+    parser.add_argument("--force", action="store_true", help="measure again what --json already holds")
     args = parser.parse_args(argv)
 
     from rotplugin.equivariance import measure_equivariance, pad_image
 
+    store = ResumableResults(args.json, force=args.force)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "force")}
+    tables = [(canvas, "canvas" if canvas else "no_canvas") for canvas in (True, False)]
+    tables = [(canvas, key) for canvas, key in tables if not store.done(key, settings)]
+    if not tables:
+        return 0
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     model, field_types, strides, max_stride = build_from_args(args)
@@ -115,17 +126,16 @@ def main(argv=None):
         image = image.double()
     print(f"image: {source}, {tuple(image.shape[-2:])}")
     flips = (False, True) if args.flip else (False,)
-    results = {"image": source, "image_shape": list(image.shape[-2:])}
-    for canvas in (True, False):
+    store.data.update({"image": source, "image_shape": list(image.shape[-2:])})
+    for canvas, key in tables:
         padded = pad_image(image, max_stride, canvas=canvas)
         report = measure_equivariance(model, padded, field_types, strides, args.angles, flips,
                                       fibre_interp=args.fibre_interp, metric=args.metric)
         name = "equivariant canvas (≡ 1 mod max stride)" if canvas else f"plain padding to multiples of {max_stride}"
         print()
         print(report.table(f"== {name} =="))
-        results["canvas" if canvas else "no_canvas"] = report.to_json()
+        store.put(key, report.to_json(), settings)
     if args.json:
-        write_json_atomic(args.json, results)
         print(f"\nwrote {args.json}")
     return 0
 

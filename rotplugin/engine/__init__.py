@@ -1,5 +1,9 @@
-"""Registered mmengine hooks."""
+"""Registered mmengine hooks, model wrappers and metrics."""
+from .atomic_dump import AtomicDumpResults
+from .progress import ProgressBarHook
 from .cpu_distributed import CPUDistributedDataParallel, init_cpu_distributed
+from .rank_check import RankConsistencyHook, state_digests
 from .tta_hook import FeatureRotationTTAHook
 
-__all__ = ["FeatureRotationTTAHook", "CPUDistributedDataParallel", "init_cpu_distributed"]
+__all__ = ["FeatureRotationTTAHook", "CPUDistributedDataParallel", "init_cpu_distributed", "RankConsistencyHook",
+           "state_digests", "AtomicDumpResults", "ProgressBarHook"]
