@@ -13,4 +13,4 @@ else:
     _HAS_MM = True
 
 if _HAS_MM:
-    from . import engine, models  # noqa: F401  (registers the components)
+    from . import engine, evaluation, models  # noqa: F401  (registers the components)
