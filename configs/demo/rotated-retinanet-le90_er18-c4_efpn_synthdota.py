@@ -35,6 +35,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='mmdet.LoadImageFromFile'),
+    dict(type='mmdet.Resize', scale=(256, 256), keep_ratio=True),  # no-op on the 256² scenes; records scale_factor
     dict(type='mmdet.LoadAnnotations', with_bbox=True, box_type='qbox'),
     dict(type='ConvertBoxType', box_type_mapping=dict(gt_bboxes='rbox')),
     dict(type='mmdet.PackDetInputs',
