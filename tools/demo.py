@@ -80,13 +80,17 @@ def _read_json(path):
 
 
 # -- 2. training ---------------------------------------------------------------------------------------------------
-def demo_config(out: Path, epochs=None):
+def demo_config(out: Path, size: int, epochs=None):
+    """The demo config with its data under ``out`` and test scenes of ``size``² kept at their size."""
     from rotplugin.presets import load_config
 
     cfg = load_config(str(DEMO_CONFIG))
     data_root = str(out / "data") + os.sep
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[key].dataset.data_root = data_root
+        for step in cfg[key].dataset.pipeline:
+            if step["type"] == "mmdet.Resize":
+                step["scale"] = (size, size)
     if epochs:
         cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
         for sched in cfg.param_scheduler:
@@ -106,7 +110,7 @@ def train(out: Path, args) -> dict:
     if model_path.is_file() and info_path.is_file() and not args.retrain:
         log(f"train: kept {model_path} (--retrain to train again)")
         return _read_json(info_path)
-    cfg = demo_config(out, args.epochs)
+    cfg = demo_config(out, args.size, args.epochs)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None  # the benchmark evaluates
     cfg.train_cfg.val_interval = 10 ** 6
     cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type="ProgressBarHook", interval=10)]
@@ -138,14 +142,14 @@ def train(out: Path, args) -> dict:
 def benchmark(out: Path, args) -> dict:
     from rotplugin.engine.benchmark import run_benchmark
 
-    res = run_benchmark(demo_config(out), str(out / "model.pth"), str(out / "data" / "test"), modes=MODES,
+    res = run_benchmark(demo_config(out, args.size), str(out / "model.pth"), str(out / "data" / "test"), modes=MODES,
                         angles=" ".join(args.angles), out_dir=str(out / "benchmark"), log=log)
     print(res["table"], flush=True)
     return res
 
 
 # -- 4. pictures ---------------------------------------------------------------------------------------------------
-def draw_detections(out: Path, num: int = 4) -> list:
+def draw_detections(out: Path, size: int, num: int = 4) -> list:
     """Test scenes with ground truth (white) and the detections without TTA and with feature TTA side by side."""
     import cv2
     import numpy as np
@@ -158,7 +162,7 @@ def draw_detections(out: Path, num: int = 4) -> list:
     from rotplugin.presets import trusted_checkpoints
     from rotplugin.visualization import draw_rboxes
 
-    cfg = demo_config(out)
+    cfg = demo_config(out, size)
     model = MODELS.build(cfg.model)
     with trusted_checkpoints():
         state = torch.load(str(out / "model.pth"), map_location="cpu", weights_only=False)
@@ -320,7 +324,7 @@ def main(argv=None):
     data = make_data(out, args)
     train_info = train(out, args)
     bench = benchmark(out, args)
-    detections = draw_detections(out)
+    detections = draw_detections(out, args.size)
     fields = draw_fields(out)
     equiv = None if args.skip_equivariance else equivariance_table(out)
     write_report(out, data, train_info, bench, detections, fields, equiv, time.perf_counter() - t0)

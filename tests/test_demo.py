@@ -1,0 +1,37 @@
+"""`make demo` end to end at toy size: data, training, benchmark, pictures, report."""
+import json
+
+import numpy as np
+
+
+def test_demo_pipeline_writes_report(tmp_path):
+    import cv2
+
+    from tools.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--train-images", "4", "--test-images", "2", "--size", "128", "--epochs", "1",
+                 "--skip-equivariance"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["modes"]) == {"none", "image", "feature"}
+    for mode in report["modes"].values():
+        assert 0.0 <= mode["mAP"] <= 1.0 and mode["sec_per_img"] > 0
+    assert report["train"]["iterations"] == 1 and report["train"]["train_images"] == 4
+    assert report["angles"] == [0.0, 90.0, 180.0, 270.0]
+    # the trained model's fields rotate passively on the canvas (float32 rounding only)
+    assert all(level["max_relative_error"] < 1e-4 for level in report["fields"]["levels"])
+    pictures = [report["pictures"]["benchmark"], *report["pictures"]["detections"]]
+    pictures += ["fields/" + p for p in report["pictures"]["fields"]]
+    assert len(pictures) >= 1 + 2 + 2
+    for rel in pictures:
+        img = cv2.imread(str(out / rel))
+        assert img is not None and img.std() > 5, f"{rel} is blank"
+    text = (out / "report.md").read_text()
+    assert "feature-rotation TTA" in text and "| no TTA |" in text
+    # a second run keeps data, weights and benchmark entries
+    mtime = (out / "model.pth").stat().st_mtime
+    assert main(["--out", str(out), "--train-images", "4", "--test-images", "2", "--size", "128", "--epochs", "1",
+                 "--skip-equivariance"]) == 0
+    assert (out / "model.pth").stat().st_mtime == mtime
+    assert np.isclose(json.loads((out / "report.json").read_text())["modes"]["none"]["mAP"],
+                      report["modes"]["none"]["mAP"])
