@@ -16,3 +16,17 @@ def require_file(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real-image sample {path} is not present")
     return path
+
+
+def save_config_and_random_weights(cfg, config_path: Path, ckpt_path: Path, seed: int = 0):
+    """Dump ``cfg`` to ``config_path`` and save the seeded, initialised weights of its model to ``ckpt_path`` (what
+    the Runner-based tools take as CONFIG CHECKPOINT). Returns ``(config_path, ckpt_path)``."""
+    import torch
+    from mmrotate.registry import MODELS
+
+    cfg.dump(str(config_path))
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, str(ckpt_path))
+    return config_path, ckpt_path

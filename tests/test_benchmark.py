@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 ENTRY_KEYS = {"mAP", "per_class_AP", "num_gts", "sec_per_img", "time_split", "num_images", "config", "checkpoint",
@@ -16,7 +16,6 @@ ENTRY_KEYS = {"mAP", "per_class_AP", "num_gts", "sec_per_img", "time_split", "nu
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mmrotate.registry import MODELS
     from rotplugin.data.dota_synth import generate_dataset
     from rotplugin.presets import load_config, shrink_detector_config
 
@@ -31,13 +30,7 @@ def setup(tmp_path_factory):
         dict(type="mmdet.PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
                                                      "scale_factor")),
     ]
-    config = tmp / "small_retina.py"
-    cfg.dump(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    ckpt = tmp / "small.pth"
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, str(ckpt))
+    config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
 
 

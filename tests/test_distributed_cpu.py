@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, save_config_and_random_weights
 
 # the hbox variant of Rotated FCOS (see the config): it normalises its losses over all processes
 FCOS = ROOT / "configs/rotated_fcos/rotated-fcos-hbox-le90_er50-c8_efpn_1x_dota.py"
@@ -215,7 +215,6 @@ def test_retinanet_two_processes_against_one_process_measured(data):
 # ------------------------------------------------------------------------------------------- distributed testing
 @pytest.fixture(scope="module")
 def test_setup(data):
-    from mmrotate.registry import MODELS
     from rotplugin.presets import load_config, shrink_detector_config
 
     cfg = shrink_detector_config(load_config(str(RETINA)))
@@ -229,13 +228,7 @@ def test_setup(data):
     cfg.test_evaluator = []  # only the predictions (tools/test.py --out adds AtomicDumpResults)
     # the TTA merge keeps low scores too (tools/test.py --tta keeps these settings of a config's hook)
     cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.001, max_per_img=200)]
-    config = data / "retina_test.py"
-    cfg.dump(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    ckpt = data / "retina_random.pth"
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, str(ckpt))
+    config, ckpt = save_config_and_random_weights(cfg, data / "retina_test.py", data / "retina_random.pth")
     return config, ckpt
 
 

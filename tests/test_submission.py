@@ -12,14 +12,13 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory):
-    from mmrotate.registry import MODELS
     from rotplugin.data.dota_split import split_dataset
     from rotplugin.data.dota_synth import generate_dataset
     from rotplugin.presets import load_config, shrink_detector_config
@@ -48,13 +47,7 @@ def patches(tmp_path_factory):
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
     # the TTA merge keeps random weights' low scores too (tools/test.py keeps the config hook's settings)
     cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.005, max_per_img=100)]
-    config = tmp / "small_retina.py"
-    cfg.dump(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    ckpt = tmp / "small.pth"
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, str(ckpt))
+    config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
 
 

@@ -4,14 +4,13 @@ import pickle
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
 
 @pytest.fixture(scope="module")
 def small_setup(tmp_path_factory):
-    from mmrotate.registry import MODELS
     from rotplugin.data.dota_synth import generate_dataset
     from rotplugin.presets import load_config, shrink_detector_config
 
@@ -33,13 +32,7 @@ def small_setup(tmp_path_factory):
         dataset=dict(type="DOTADataset", data_root=str(tmp / "data"), ann_file="labelTxt/",
                      data_prefix=dict(img_path="images/"), test_mode=True, pipeline=pipeline))
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
-    config = tmp / "small_retina.py"
-    cfg.dump(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    ckpt = tmp / "small.pth"
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, str(ckpt))
+    config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
 
 
