@@ -160,7 +160,7 @@ def draw_detections(out: Path, size: int, num: int = 4) -> list:
 
     from rotplugin.models.tta import FeatureRotationTTAModel
     from rotplugin.presets import trusted_checkpoints
-    from rotplugin.visualization import draw_rboxes
+    from rotplugin.visualization import draw_rboxes, label_colour
 
     cfg = demo_config(out, size)
     model = MODELS.build(cfg.model)
@@ -175,9 +175,13 @@ def draw_detections(out: Path, size: int, num: int = 4) -> list:
                                   score_thr=nms.score_thr, max_per_img=nms.max_per_img)
     pipeline = Compose(test.pipeline)
     img_dir, ann_dir = out / "data" / "test" / "images", out / "data" / "test" / "labelTxt"
-    (out / "detections").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "detections", ignore_errors=True)
+    (out / "detections").mkdir(parents=True)
     paths = []
-    for name in sorted(os.listdir(img_dir))[:num]:
+    # the scenes with the most objects
+    names = sorted(os.listdir(img_dir), key=lambda n: (-len((ann_dir / (Path(n).stem + ".txt")).read_text().split(
+        "\n")), n))[:num]
+    for name in sorted(names):
         data = pipeline(dict(img_path=str(img_dir / name), img_id=Path(name).stem, instances=_instances(
             ann_dir / (Path(name).stem + ".txt"), classes)))
         batch = pseudo_collate([data])
@@ -190,15 +194,23 @@ def draw_detections(out: Path, size: int, num: int = 4) -> list:
         for title, pred in (("no TTA", plain), ("feature TTA (4 views)", feat)):
             keep = pred.scores >= 0.3
             pic = draw_rboxes(img, get_box_tensor(gt.bboxes), colour=(255, 255, 255), thickness=1, show_text=False)
-            pic = draw_rboxes(pic, get_box_tensor(pred.bboxes)[keep], pred.labels[keep], pred.scores[keep], classes)
+            pic = draw_rboxes(pic, get_box_tensor(pred.bboxes)[keep], pred.labels[keep], pred.scores[keep], classes,
+                              thickness=1, show_text=False)
             pic = cv2.copyMakeBorder(pic, 22, 0, 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-            cv2.putText(pic, f"{title}: {int(keep.sum())} boxes >= 0.3", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+            cv2.putText(pic, f"{title}: {int(keep.sum())} boxes", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (0, 0, 0), 1, cv2.LINE_AA)
             panels.append(pic)
+        picture = np.concatenate(panels, axis=1)
+        legend = np.full((20, picture.shape[1], 3), 255, np.uint8)
+        x = 4
+        for label, cls in enumerate(classes):  # the class colours of draw_rboxes
+            cv2.rectangle(legend, (x, 5), (x + 10, 15), label_colour(label), -1)
+            cv2.putText(legend, cls, (x + 14, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+            x += 22 + 8 * len(cls)
         path = out / "detections" / f"{Path(name).stem}.png"
-        cv2.imwrite(str(path), np.concatenate(panels, axis=1))
+        cv2.imwrite(str(path), np.concatenate([picture, legend], axis=0))
         paths.append(str(path))
-    log(f"detections: {len(paths)} pictures -> {out / 'detections'} (white: ground truth; score >= 0.3 shown)")
+    log(f"detections: {len(paths)} pictures -> {out / 'detections'} (white: ground truth; scores >= 0.3 drawn)")
     return paths
 
 
@@ -284,7 +296,7 @@ def write_report(out: Path, data, train_info, bench, detections, fields, equiv, 
             lines.append(f"| {MODE_NAMES[m]} | {results[m]['mAP']:.3f} | {results[m]['sec_per_img']:.3f} |")
     if bench.get("png"):
         lines += ["", f"![benchmark]({os.path.relpath(bench['png'], out)})"]
-    lines += ["", "## Detections (white: ground truth)", ""]
+    lines += ["", "## Detections (white: ground truth; detections with score >= 0.3)", ""]
     lines += [f"![{Path(p).stem}]({os.path.relpath(p, out)})" for p in detections]
     if fields:
         lines += ["", f"## Feature fields of the trained model ({fields['angle']:g}° on the canvas "
