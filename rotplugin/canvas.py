@@ -11,8 +11,9 @@ Conventions (the single place they are written down; everything else refers here
   image coordinates, i.e. ``((H-1)/(2s), (W-1)/(2s))`` in the coordinates of a stride-``s`` feature map.
 * **Equivariant canvas.** A side ``n`` is *equivariant for stride S* when ``n ≡ 1 (mod S)``. Then every layer of
   stride ``s | S`` sees an odd input size, samples a grid symmetric about the canvas centre, and produces a map of
-  ``(n-1)/s + 1`` pixels whose middle pixel *is* the canvas centre: rotations by multiples of 90° about the canvas
-  centre map the feature grid onto itself, and equivariance is exact.
+  ``m = (n-1)/s + 1`` pixels whose middle *is* the canvas centre (the middle pixel when ``m`` is odd, the middle
+  between two pixels when ``m`` is even, e.g. ``n = 129``, ``s = 128``): rotations by multiples of 90° about the
+  canvas centre map the feature grid onto itself (``i -> m-1-i``), and equivariance is exact.
 * **Angles** are in degrees. A positive angle turns the image content in the direction of
   ``torch.rot90(x, k=1, dims=(-2, -1))`` (counter-clockwise as displayed with rows downwards), which is also the
   direction of escnn's rotation generator acting on ``(-2, -1)`` grids. For a point ``(y, x)`` relative to the
