@@ -3,8 +3,10 @@
 Both models run the wrapped detector's data preprocessor once, then for every angle of ``angles`` (degrees, the
 sign convention of :mod:`rotplugin.canvas`) obtain the feature pyramid of the view rotated about the canvas centre,
 run only the detector's heads on it (dense head, or RPN + RoI head), map the boxes back to the original canvas
-(:func:`rotplugin.boxes.unrotate_rboxes`, le90 kept), merge the views by class-wise rotated NMS and rescale to the
-original image. The heads see ``img_shape = batch_input_shape = the view's canvas``.
+(:func:`rotplugin.boxes.unrotate_rboxes`, le90 kept), merge the views by class-wise rotated NMS
+(:func:`rotplugin.models.rotated_nms.batched_rotated_nms`: mmcv's kept set and order, IoU only for the pairs that can
+reach the threshold) and rescale to the original image. The heads see ``img_shape = batch_input_shape = the view's
+canvas``.
 
 * :class:`FeatureRotationTTAModel`: ``extract_feat`` once, then the passive rotation of the pyramid
   (:func:`rotplugin.fields.rotate_pyramid`): needs an equivariant neck (or backbone) that declares its
@@ -22,7 +24,6 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from mmcv.ops import batched_nms
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import scale_boxes
 from mmengine.model import BaseModel, is_model_wrapper
@@ -30,6 +31,7 @@ from mmengine.structures import InstanceData
 
 from rotplugin.boxes import unrotate_rboxes
 from rotplugin.fields import rotate_fields, rotate_pyramid, rotated_canvas_size
+from rotplugin.models.rotated_nms import batched_rotated_nms
 from rotplugin.nn.field_layers import trivial_field_type
 from rotplugin.registry import MODELS
 
@@ -168,9 +170,9 @@ class _RotationTTAModel(BaseModel):
         keep = scores >= self.score_thr
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if boxes.numel():
-            # split_thr=0: one NMS per class (quadratic in the boxes of a class, not of the whole image)
-            _, idx = batched_nms(boxes, scores, labels,
-                                 dict(type="nms_rotated", iou_threshold=self.iou_thr, split_thr=0))
+            # class-wise rotated NMS, exactly mmcv's batched_nms(nms_rotated, split_thr=0) kept set and order, with
+            # the exact rotated IoU only for the pairs that can reach the threshold (rotplugin.models.rotated_nms)
+            idx = batched_rotated_nms(boxes, scores, labels, self.iou_thr)
             idx = idx[: self.max_per_img]
             boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
         result = InstanceData()
