@@ -19,13 +19,14 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
   ``m`` acts first, then the rotation. ``m`` is escnn's default reflection (axis ``π/2``, the vertical axis), which
   on the grid is ``x -> -x`` about the canvas centre, i.e. ``tensor.flip(-1)`` for a centred map.
 * **Fibre action.** ``out[:, field i] = ρ_i(g) @ in[:, field i]`` at every pixel (escnn's
-  ``f'(p) = ρ(g) f(g⁻¹p)``). On a map whose middle pixel is the canvas centre, :func:`rotate_fields` at multiples of
+  ``f'(p) = ρ(g) f(g⁻¹p)``). On a map whose middle is the canvas centre, :func:`rotate_fields` at multiples of
   ``360/N`` that are multiples of 90° equals ``GeometricTensor(x, field_type).transform(element).tensor``
   (tests/test_fields.py checks this for every element of C4, C8, D4, D8 and field kind).
 * **Rotated canvas.** For odd multiples of 90° the canvas ``(H, W)`` becomes ``(W, H)`` (so the map's ``h, w`` swap);
   for every other angle the canvas is kept and what leaves it is lost (zeros come in).
 * **Memory.** Exact quarter turns are index operations; odd ones return a transposed, non-contiguous tensor (as
-  ``torch.rot90`` does) to save a copy. Results never alias the input.
+  ``torch.rot90`` does) to save a copy. Results never alias the input. Large maps are rotated block by block,
+  without a temporary the size of the map.
 * Also accepted: ``flip2dOnR2()`` (escnn's C2 acting by the mirror ``m``: N = 1, ``flip=True`` is its element 1) and
   ``trivialOnR2()`` (C1).
 * **Edge cases.** Any finite angle (negative, several turns) is reduced modulo 360°; NaN / Inf angles raise
@@ -75,6 +76,11 @@ _ANGLE_TOL = 1e-9      # degrees: an angle this close to a multiple counts as th
 _INT_TOL = 1e-9        # feature pixels: an offset this close to an integer counts as integral
 _MAT_TOL = 1e-9        # matrix entries this close to 0 / ±1 are snapped
 _CACHE_SIZE = 512
+# Exact quarter turns of large maps go block by block (_SpatialPlan.fused): a block of whole fields of at most
+# this many bytes per torch thread is flipped into a buffer that stays in cache (1.5 MiB: two
+# 8-channel fields of a 129² map, about a core's L2) and then gathered into the output.
+_BLOCK_BYTES = 3 << 19
+_BLOCKWISE_MIN_BYTES = 8 << 20  # smaller maps: two whole-map passes (their temporary stays in the last-level cache)
 
 AngleLike = Union[float, int, torch.Tensor, np.ndarray, Sequence[float]]
 
@@ -412,6 +418,8 @@ class FibreOperator:
         self.names = list(names)
         self.size = int(sum(m.shape[0] for m in self.matrices))
         self._device_cache: Dict[tuple, object] = {}
+        self._field_groups = None
+        self._rows = _LRU(64)
         perms = [_signed_permutation(m) for m in self.matrices]
         if all(p is not None for p in perms):
             offsets = np.cumsum([0] + [m.shape[0] for m in self.matrices[:-1]])
@@ -473,6 +481,15 @@ class FibreOperator:
         self._device_cache[key] = cached
         return cached
 
+    def _group_sign(self, gi: int, device, dtype) -> torch.Tensor:
+        """The signs of field group ``gi`` (:meth:`field_groups`) as a ``(1, d, 1, 1)`` tensor."""
+        key = ("group_sign", gi, device, dtype)
+        t = self._device_cache.get(key)
+        if t is None:
+            sign = self.field_groups()[gi][4]
+            t = self._device_cache[key] = torch.as_tensor(sign, dtype=dtype, device=device).view(1, -1, 1, 1)
+        return t
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to a ``(B, C, *spatial)`` tensor (channels = the fields, in order). Differentiable."""
         if x.dim() < 2 or x.shape[1] != self.size:
@@ -506,6 +523,40 @@ class FibreOperator:
         return torch.cat(parts, dim=1).reshape(shape)
 
     __call__ = apply
+
+    def field_groups(self) -> List[Tuple[int, int, int, np.ndarray, Optional[np.ndarray]]]:
+        """For a ``"permutation"`` operator: runs of consecutive fields with the same size and the same signed
+        permutation, as ``(first channel, fields, d, local index, sign)``: output channel ``o`` of each field is
+        ``sign[o] *`` its input channel ``local[o]`` (``sign`` None when all +1)."""
+        groups = self._field_groups
+        if groups is None:
+            groups, start = [], 0
+            for m in self.matrices:
+                d = m.shape[0]
+                local = self.index[start:start + d] - start
+                sign = self.sign[start:start + d]
+                last = groups[-1] if groups else None
+                if last is not None and last[2] == d and np.array_equal(last[3], local) \
+                        and np.array_equal(last[4], sign):
+                    last[1] += 1
+                else:
+                    groups.append([start, 1, d, local, sign])
+                start += d
+            groups = self._field_groups = [(g0, nf, d, local, None if (sign > 0).all() else sign)
+                                           for g0, nf, d, local, sign in groups]
+        return groups
+
+    def _block_rows(self, gi: int, fields: int, h: int, keep_rows: bool, device) -> torch.Tensor:
+        """Row index for :meth:`_SpatialPlan.fused`: ``fields`` fields of group ``gi``, each channel ``h`` rows;
+        output row ``a`` of output channel ``q`` reads row ``a`` (``keep_rows``) or ``h - 1 - a`` of channel
+        ``local[q]`` of a block whose planes were reversed. int32 (half the index traffic of int64)."""
+        def make():
+            _, _, d, local, _ = self.field_groups()[gi]
+            ch = (np.arange(fields)[:, None] * d + local[None, :]).reshape(-1)
+            r = np.arange(h) if keep_rows else np.arange(h - 1, -1, -1)
+            return torch.as_tensor((ch[:, None] * h + r[None, :]).reshape(-1).astype(np.int32), device=device)
+
+        return self._rows.get_or((gi, fields, h, keep_rows, device), make)
 
     def __repr__(self):
         return f"FibreOperator(kind={self.kind!r}, channels={self.size}, fields={len(self.matrices)})"
@@ -656,8 +707,9 @@ class _SpatialPlan:
         index = self._gathers.get(key)
         if index is None:
             ch = np.arange(c) if op.kind == "identity" else op.index
-            index = torch.as_tensor((ch[:, None] * h + rows[None, :]).reshape(-1), dtype=torch.long,
-                                    device=x.device)
+            index = (ch[:, None] * h + rows[None, :]).reshape(-1)
+            index = torch.as_tensor(index, device=x.device,     # int32: half the index traffic of int64
+                                    dtype=torch.int32 if c * h < 2 ** 31 else torch.long)
             self._gathers[key] = index
         buf = x.reshape(b, c * h, w).index_select(1, index).view(b, c, n_r, n_s)
         if op.kind == "permutation":
@@ -666,6 +718,55 @@ class _SpatialPlan:
             if sign is not None:
                 buf = (buf.to(sign.dtype) * sign).to(x.dtype)
         return buf.transpose(-2, -1) if self.transpose else buf
+
+    def fused(self, x: torch.Tensor, op: "FibreOperator") -> Optional[torch.Tensor]:
+        """Exact map that reverses columns (and maybe rows), and the channel permutation of ``op``, without a
+        map-sized temporary. ``None`` when this does not apply: pads, no column reversal (:meth:`gather` does
+        those in one pass), operators other than permutations, inputs that are not contiguous CPU tensors,
+        autograd. Returns the transposed view of the output for odd quarter turns, like :meth:`apply`.
+
+        ``torch.flip`` is torch's only fast way to reverse columns; it cannot write into a given tensor, and no
+        strided view turns a cyclic shift of channels into a reversal. So, block by block (whole fields, at most
+        ``_BLOCK_BYTES``): every plane of the block is reversed as a whole (``flip`` of both axes: one long
+        reversed run per plane, much faster than reversing 129-pixel rows) into a buffer that stays in cache, and
+        one ``index_select`` of whole rows writes it into the output, channels permuted and rows put back in
+        order (where the map does not reverse them), signs applied in cache. The former two passes over the whole
+        map (the channel gather, then the flip) were slower, and their map-sized temporary made glibc hand the
+        freed heap back to the system and fault every page in again on the next call. A permutation that swaps
+        the two halves of every field (regular fields at 180°) is one flip of a 6-D view.
+        """
+        if not self.flips or any(self.pads) or op.kind != "permutation" or x.device.type != "cpu" \
+                or not x.is_contiguous() or x.numel() == 0 or (x.requires_grad and torch.is_grad_enabled()):
+            return None
+        dims = [-1 if d == -2 else -2 for d in self.flips] if self.transpose else list(self.flips)
+        if -1 not in dims:
+            return None
+        b, c, h, w = x.shape
+        groups = op.field_groups()
+        start, nf, d, local, sign = groups[0]
+        if len(groups) == 1 and sign is None and len(dims) == 2 and d % 2 == 0 \
+                and np.array_equal(local, (np.arange(d) + d // 2) % d):
+            out = torch.flip(x.view(b, nf, 2, d // 2, h, w), [2, -2, -1]).view(b, c, h, w)
+            return out.transpose(-2, -1) if self.transpose else out
+        plane = h * w * x.element_size()
+        if c * plane < _BLOCKWISE_MIN_BYTES:
+            return None
+        out = torch.empty_like(x)
+        budget = _BLOCK_BYTES * max(1, torch.get_num_threads())    # the threads of one op share a block
+        for gi, (start, nf, d, local, sign) in enumerate(groups):
+            fields = max(1, min(nf, budget // (d * plane)))
+            rows = op._block_rows(gi, fields, h, len(dims) == 2, x.device)
+            sgn = None if sign is None else op._group_sign(gi, x.device, x.dtype)
+            for i in range(b):
+                srcs = x[i, start:start + nf * d].split(fields * d)
+                dsts = out[i, start:start + nf * d].view(nf * d * h, w).split(fields * d * h)
+                for src, dst in zip(srcs, dsts):
+                    n = dst.shape[0]
+                    block = torch.flip(src, (-2, -1)).view(n, w)
+                    torch.index_select(block, 0, rows if n == len(rows) else rows[:n], out=dst)
+                    if sgn is not None:
+                        dst.view(-1, d, h, w).mul_(sgn)
+        return out.transpose(-2, -1) if self.transpose else out
 
     def grid_on(self, device, dtype) -> torch.Tensor:
         key = (device, dtype)
@@ -727,6 +828,25 @@ def _plan(in_hw, angle, stride, canvas_size, out_size, flip) -> _SpatialPlan:
     return _PLANS.get_or(key, lambda: _SpatialPlan(angle, bool(flip), tuple(in_hw), stride, canvas, out_hw))
 
 
+_PAIRS = _LRU(_CACHE_SIZE)     # plain arguments of rotate_fields -> (operator, plan), skipping their checks
+
+
+def _plain_key(field_type, angle, stride, canvas_size, out_size, flip, fibre_interp, hw) -> Optional[tuple]:
+    """A cache key for arguments of the plain types that a first call has validated (ints, not 8.0 or True, whose
+    hashes and equality would mix them up), else None."""
+    if type(stride) is not int or type(flip) is not bool or not (fibre_interp is None or type(fibre_interp) is str):
+        return None
+    sizes = []
+    for v in (canvas_size, out_size):
+        if v is None:
+            sizes.append(None)
+        elif type(v) in (tuple, list) and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+            sizes.append((v[0], v[1]))
+        else:
+            return None
+    return (field_type, angle, stride, sizes[0], sizes[1], flip, fibre_interp, hw)
+
+
 def _per_sample(fn, tensor, angles):
     outs = [fn(tensor[i:i + 1], a) for i, a in enumerate(angles)]
     shapes = {tuple(o.shape[-2:]) for o in outs}
@@ -784,13 +904,23 @@ def rotate_fields(tensor: torch.Tensor, field_type: FieldType, angle: AngleLike,
             return _per_sample(lambda x, a: rotate_fields(x, field_type, a, stride=stride, canvas_size=canvas_size,
                                                           flip=flip, fibre_interp=fibre_interp, out_size=out_size),
                                tensor, angles)
-    op = fibre_operator(field_type, angles, fibre_interp, flip=flip)
-    plan = _plan(tuple(tensor.shape[-2:]), angles, stride, canvas_size, out_size, flip)
+    hw = tuple(tensor.shape[-2:])
+    key = _plain_key(field_type, angles, stride, canvas_size, out_size, flip, fibre_interp, hw)
+    pair = _PAIRS.get(key) if key is not None else None
+    if pair is None:
+        pair = (fibre_operator(field_type, angles, fibre_interp, flip=flip),
+                _plan(hw, angles, stride, canvas_size, out_size, flip))
+        if key is not None:
+            _PAIRS.get_or(key, lambda: pair)
+    op, plan = pair
     if plan.exact:
-        # without a column reversal: channels and rows in one gather of whole rows; otherwise the channel gather
-        # first, then one flip that keeps the memory order. The transposition of odd quarter turns stays a view.
-        # (tools/benchmark_rotation.py measures this against a clone.)
+        # without a column reversal: channels and rows in one gather of whole rows; with one, a flip and the
+        # channel permutation block by block (_SpatialPlan.fused); otherwise (pads, dense fields, autograd,
+        # strided inputs) the channel gather first, then one flip that keeps the memory order. The transposition
+        # of odd quarter turns stays a view. (tools/benchmark_rotation.py measures this against a clone.)
         out = plan.gather(tensor, op)
+        if out is None:
+            out = plan.fused(tensor, op)
         if out is not None:
             return out
         if op.kind == "identity":

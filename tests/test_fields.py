@@ -542,6 +542,57 @@ def test_row_gather_and_generic_paths_agree(group_name, hw):
     assert fields._plan(hw, 270.0, 1, None, None, False).gather(x, fibre_operator(ft, 270)) is not None
 
 
+@pytest.mark.parametrize("group_name", ["C8", "D4"])
+def test_blockwise_path_agrees(monkeypatch, group_name):
+    """Large maps are rotated block by block (planes flipped into a cache-sized buffer, then one row gather into the
+    output): forced here on small maps with blocks of one field, a few fields and everything; bit-identical to the
+    generic path (same strides: odd turns stay transposed views) and to escnn, for signed permutations and several
+    field groups too, in float16, and not used where autograd needs the generic path."""
+    monkeypatch.setattr(fields, "_BLOCKWISE_MIN_BYTES", 0)
+    n, dihedral = _order(GSPACES[group_name])
+    used = 0
+    for block in (1, 3000, 10 ** 9):
+        monkeypatch.setattr(fields, "_BLOCK_BYTES", block)
+        for kind in ("regular", "quotient", "irreps", "mixed"):
+            ft = field_type(group_name, kind)
+            for hw, dtype in (((9, 9), torch.float32), ((7, 11), torch.float16), ((1, 5), torch.float32)):
+                x = torch.randn(2, ft.size, *hw, generator=torch.Generator().manual_seed(5)).to(dtype)
+                for k in range(4):
+                    for flip in ((False, True) if dihedral else (False,)):
+                        op = fibre_operator(ft, 90 * k, flip=flip)
+                        plan = fields._plan(hw, 90.0 * k, 1, None, None, flip)
+                        out = plan.fused(x, op)
+                        if out is None:
+                            continue
+                        used += 1
+                        generic = plan.apply(op.apply(x), fresh=True)
+                        assert torch.equal(out, generic) and out.stride() == generic.stride(), (kind, hw, k, flip)
+                        assert torch.equal(rotate_fields(x, ft, 90 * k, flip=flip), out)
+                        if dtype == torch.float32:
+                            element = ft.gspace.fibergroup.element((int(flip), k * n // 4) if dihedral else k * n // 4)
+                            assert torch.equal(out, _escnn(x, ft, element))
+    assert used >= (70 if dihedral else 30)
+    ft = field_type(group_name, "regular")
+    x = torch.randn(1, ft.size, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert fields._plan((4, 5), 90.0, 1, None, None, False).fused(x, fibre_operator(ft, 90)) is None
+    assert torch.autograd.gradcheck(lambda t: rotate_fields(t, ft, 90), (x,), fast_mode=True)
+
+
+def test_repeated_calls_still_validate():
+    """The cache of validated arguments does not let 2.0 or True pass where 2 was accepted."""
+    c4 = GSPACES["C4"]
+    ft = enn.FieldType(c4, [c4.regular_repr])
+    x = torch.randn(1, 4, 5, 5)
+    ok = rotate_fields(x, ft, 90, stride=2, canvas_size=(9, 9))
+    assert torch.equal(rotate_fields(x, ft, 90, stride=2, canvas_size=[9, 9]), ok)
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        rotate_fields(x, ft, 90, stride=2.0, canvas_size=(9, 9))
+    with pytest.raises(ValueError, match="canvas_size must be two positive integers"):
+        rotate_fields(x, ft, 90, stride=2, canvas_size=(9.0, 9))
+    with pytest.raises(ValueError, match="canvas_size must be two positive integers"):
+        rotate_fields(x, ft, 90, stride=2, canvas_size=(True, 9))
+
+
 def test_output_never_aliases_input():
     d4 = GSPACES["D4"]
     ft = enn.FieldType(d4, [d4.trivial_repr])

@@ -7,8 +7,9 @@ makes multi-threaded timings of memory-bound copies meaningless): a 5-level pyra
 8..128, maps 129, 65, 33, 17, 9), 256 channels = 32 regular fields of C8, batch 1.
 
 * ``rot90_over_clone``: time of ``rotate_pyramid(..., 90)`` over the time of cloning the same tensors (median over
-  back-to-back pairs; odd quarter turns return transposed views, as ``torch.rot90`` does; the time of also making
-  them contiguous, and 180°, 270° and a bare ``torch.rot90``, are printed for information).
+  back-to-back pairs, each call timed after an untimed call of the same function, order alternating: see
+  ``interleaved_ratio``; odd quarter turns return transposed views, as ``torch.rot90`` does; the time of also
+  making them contiguous, and 180°, 270° and a bare ``torch.rot90``, are printed for information).
 * ``escnn_over_ours_90`` / ``escnn_over_ours_45``: escnn's ``GeometricTensor(x, ft).transform(r^k)`` over ours, at
   90° (k=2) and 45° (k=1: escnn resamples with scipy's order-2 splines, we bilinearly).
 
@@ -36,6 +37,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+try:
+    import resource         # page-fault counts (POSIX)
+except ImportError:         # pragma: no cover
+    resource = None
 
 import numpy as np
 import torch
@@ -66,23 +72,42 @@ def median_time(fn, reps: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def interleaved_ratio(fn, base, reps: int) -> tuple[float, float, float]:
-    """Medians of ``fn`` and ``base`` and the median of the ratios of back-to-back pairs (each pair sees the same
-    load of the shared machine, so the ratio is steadier than either time)."""
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def interleaved_ratio(fn, base, reps: int) -> tuple[float, float, float, float, float]:
+    """Medians of ``fn`` and ``base``, the median of the ratios of back-to-back pairs (each pair sees the same
+    load of the shared machine, so the ratio is steadier than either time), and the page faults per timed call of
+    each.
+
+    Every timed call follows an untimed call of the same function, and which of the two goes first alternates:
+    each is timed in its own steady state. A function whose freed memory glibc hands back to the system pays the
+    page faults of getting it again on its own next call, not on the other function's (with plain ``base, fn``
+    pairs, a map-sized temporary of ``fn`` made ``base`` fault on every page of its output half of the time and
+    the ratio swung from 1.1 to 5.9 between runs)."""
+    def timed(f):
+        f()
+        p0 = _page_faults()
+        t0 = time.perf_counter()
+        f()
+        t = time.perf_counter() - t0
+        return t, _page_faults() - p0
+
     for _ in range(3):
         fn()
         base()
-    tf, tb = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        base()
-        t1 = time.perf_counter()
-        fn()
-        t2 = time.perf_counter()
-        tb.append(t1 - t0)
-        tf.append(t2 - t1)
+    tf, tb, pf, pb = [], [], 0, 0
+    for i in range(reps):
+        if i % 2:
+            (b, qb), (f, qf) = timed(base), timed(fn)
+        else:
+            (f, qf), (b, qb) = timed(fn), timed(base)
+        tf.append(f)
+        tb.append(b)
+        pf, pb = pf + qf, pb + qb
     ratios = np.array(tf) / np.array(tb)
-    return float(np.median(tf)), float(np.median(tb)), float(np.median(ratios))
+    return float(np.median(tf)), float(np.median(tb)), float(np.median(ratios)), pf / reps, pb / reps
 
 
 def speed(quick: bool) -> dict:
@@ -109,23 +134,24 @@ def speed(quick: bool) -> dict:
         return lambda: [enn.GeometricTensor(f, ft).transform(element).tensor for f in feats]
 
     reps = 15 if quick else 100
-    t90, tclone, ratio = interleaved_ratio(ours(90), clone, reps)
-    t90c, _, ratio_c = interleaved_ratio(ours90_contiguous, clone, max(5, reps // 3))
-    t180, _, ratio180 = interleaved_ratio(ours(180), clone, max(5, reps // 3))
-    t270, _, ratio270 = interleaved_ratio(ours(270), clone, max(5, reps // 3))
-    trot, _, ratio_rot = interleaved_ratio(lambda: [torch.rot90(f, 1, (-2, -1)) for f in feats], clone,
-                                           max(5, reps // 3))
+    t90, tclone, ratio, pf90, pfclone = interleaved_ratio(ours(90), clone, reps)
+    t90c, _, ratio_c, _, _ = interleaved_ratio(ours90_contiguous, clone, max(5, reps // 3))
+    t180, _, ratio180, _, _ = interleaved_ratio(ours(180), clone, max(5, reps // 3))
+    t270, _, ratio270, _, _ = interleaved_ratio(ours(270), clone, max(5, reps // 3))
+    trot, _, ratio_rot, _, _ = interleaved_ratio(lambda: [torch.rot90(f, 1, (-2, -1)) for f in feats], clone,
+                                                 max(5, reps // 3))
     t45 = median_time(ours(45), max(3, reps // 6))
     te90 = median_time(escnn(2), 3 if quick else 5, warmup=1)
     te45 = median_time(escnn(1), 1 if quick else 3, warmup=0 if quick else 1)
     # sanity: the two agree at 90° (bitwise) and closely at 45° inside a disc
     e90 = escnn(2)()
     assert all(torch.equal(a, b) for a, b in zip(ours(90)(), e90)), "90° differs from escnn"
-    print(f"  clone                 {tclone * 1e3:8.2f} ms")
-    print(f"  ours 90°              {t90 * 1e3:8.2f} ms  ({ratio:.2f}x clone; transposed views)")
+    print(f"  clone                 {tclone * 1e3:8.2f} ms  ({pfclone:.0f} page faults per call)")
+    print(f"  ours 90°              {t90 * 1e3:8.2f} ms  ({ratio:.2f}x clone; transposed views; {pf90:.0f} page "
+          f"faults per call)")
     print(f"  ours 90° .contiguous  {t90c * 1e3:8.2f} ms  ({ratio_c:.2f}x clone)")
     print(f"  ours 180°             {t180 * 1e3:8.2f} ms  ({ratio180:.2f}x clone)")
-    print(f"  ours 270°             {t270 * 1e3:8.2f} ms  ({ratio270:.2f}x clone; one row gather)")
+    print(f"  ours 270°             {t270 * 1e3:8.2f} ms  ({ratio270:.2f}x clone)")
     print(f"  torch.rot90 only      {trot * 1e3:8.2f} ms  ({ratio_rot:.2f}x clone; no fibre part, a view)")
     print(f"  ours 45°              {t45 * 1e3:8.2f} ms")
     print(f"  escnn 90°             {te90 * 1e3:8.2f} ms")
@@ -260,7 +286,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     store = ResumableResults(args.json, force=args.force)
     image = str(DEMO) if DEMO.is_file() else "generated"
-    measurements = [("speed", lambda: speed(args.quick), dict(quick=args.quick, threads=args.threads)),
+    measurements = [("speed", lambda: speed(args.quick),   # timing: results of the old plain pairs are redone
+                     dict(quick=args.quick, threads=args.threads, timing="steady-state pairs")),
                     ("accuracy", accuracy, dict(image=image))]
     results = {}
     for name, fn, settings in measurements:
