@@ -95,7 +95,7 @@ def set_submission(cfg, out_dir: str, merge_iou: float = 0.1) -> None:
 def main(argv=None):
     from mmengine.runner import Runner
 
-    from rotplugin.engine import init_cpu_distributed
+    from rotplugin.engine import finish_distributed, init_cpu_distributed
     from rotplugin.presets import trusted_checkpoints
 
     args = parse_args(argv)
@@ -103,7 +103,9 @@ def main(argv=None):
     init_cpu_distributed(cfg, args.launcher)  # torchrun on a machine without GPU: gloo
     runner = Runner.from_cfg(cfg)
     with trusted_checkpoints():  # the checkpoint is usually one an mmengine Runner wrote
-        return runner.test()
+        metrics = runner.test()
+    finish_distributed()
+    return metrics
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def build_train_config(args):
 def main(argv=None):
     from mmengine.runner import Runner
 
-    from rotplugin.engine import init_cpu_distributed
+    from rotplugin.engine import finish_distributed, init_cpu_distributed
     from rotplugin.presets import trusted_checkpoints
 
     args = parse_args(argv)
@@ -46,6 +46,7 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg)
     with trusted_checkpoints():  # --resume / load_from read mmengine checkpoints
         runner.train()
+    finish_distributed()
     return runner
 
 

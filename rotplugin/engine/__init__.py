@@ -1,9 +1,9 @@
 """Registered mmengine hooks, model wrappers and metrics."""
 from .atomic_dump import AtomicDumpResults
 from .progress import ProgressBarHook
-from .cpu_distributed import CPUDistributedDataParallel, init_cpu_distributed
+from .cpu_distributed import CPUDistributedDataParallel, finish_distributed, init_cpu_distributed
 from .rank_check import RankConsistencyHook, state_digests
 from .tta_hook import FeatureRotationTTAHook
 
-__all__ = ["FeatureRotationTTAHook", "CPUDistributedDataParallel", "init_cpu_distributed", "RankConsistencyHook",
-           "state_digests", "AtomicDumpResults", "ProgressBarHook"]
+__all__ = ["FeatureRotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "init_cpu_distributed",
+           "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]

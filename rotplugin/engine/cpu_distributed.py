@@ -3,7 +3,9 @@
 mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the model in DDP with
 ``device_ids=[LOCAL_RANK]``; both fail without a GPU. :func:`init_cpu_distributed` initialises the gloo process
 group first (mmengine then skips its own initialisation) and selects :class:`CPUDistributedDataParallel`, which
-drops the GPU ``device_ids``.
+drops the GPU ``device_ids``. :func:`finish_distributed` ends the process group when a run has finished: left
+to the interpreter's exit, gloo's threads sometimes outlived a peer that had already closed its connection and the
+process aborted ("terminate called without an active exception") after a successful run.
 """
 from __future__ import annotations
 
@@ -35,3 +37,10 @@ def init_cpu_distributed(cfg, launcher: str) -> bool:
     wrapper["type"] = "CPUDistributedDataParallel"
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def finish_distributed() -> None:
+    """After a successful run: wait for every process, then destroy the process group (no-op when none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
