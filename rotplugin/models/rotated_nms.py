@@ -24,12 +24,17 @@ mmcv's CPU ``nms_rotated`` clips polygons for every pair of a class (O(n²) exac
 
 Falls back to mmcv's ``batched_nms`` where the equality is not guaranteed: non-float32 boxes, non-CPU tensors
 (the CUDA kernel is fast already), ``iou_thr <= 0``.
+
+Entry points: :func:`batched_rotated_nms` (the TTA merge: kept indices of the per-class path), and the drop-ins the
+test-time heads of :mod:`rotplugin.models.fast_nms_heads` call: :func:`batched_nms` (mmcv's ``batched_nms``
+signature and result, both of its paths: one kernel call over all class-offset boxes below ``split_thr``, one per
+class above) and :func:`multiclass_nms` (mmdet's ``multiclass_nms``).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["batched_rotated_nms", "mmcv_batched_rotated_nms"]
+__all__ = ["batched_nms", "batched_rotated_nms", "mmcv_batched_rotated_nms", "multiclass_nms"]
 
 # relative slack on the two pruning conditions: the exact IoU (float32, polygon clipping) may exceed the true
 # bound by rounding; 1e-3 is far above float32 error and costs only a few extra candidate pairs
@@ -176,42 +181,131 @@ def _greedy(n: int, src: torch.Tensor, dst: torch.Tensor, overlaps) -> torch.Ten
     return torch.tensor(st, dtype=torch.uint8) == KEPT
 
 
-def batched_rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                        iou_thr: float) -> torch.Tensor:
-    """Kept indices into ``boxes`` (N, 5: cx, cy, w, h, angle in radians), sorted by score, exactly those (and in
-    the order) of ``mmcv.ops.batched_nms(boxes, scores, labels, dict(type='nms_rotated', iou_threshold=iou_thr,
-    split_thr=0))``."""
-    from mmcv.ops import box_iou_rotated
-
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    if boxes.dtype != torch.float32 or boxes.device.type != "cpu" or not iou_thr > 0 or boxes.shape[-1] != 5:
-        return mmcv_batched_rotated_nms(boxes, scores, labels, iou_thr)
-    # the boxes mmcv's batched_nms hands to nms_rotated (same float operations, so the same bits)
+def _offset_boxes(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The boxes mmcv's ``batched_nms`` hands to ``nms_rotated`` (centres offset by ``label * (max_coordinate +
+    1)``; the same float operations, so the same bits)."""
     max_coordinate = boxes[..., :2].max() + boxes[..., 2:4].max()
     offsets = labels.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
-    boxes_for_nms = torch.cat([boxes[..., :2] + offsets[:, None], boxes[..., 2:5]], dim=-1)
-    thr = torch.tensor(iou_thr, dtype=torch.float32)  # the kernel compares against a C++ float
+    return torch.cat([boxes[..., :2] + offsets[:, None], boxes[..., 2:5]], dim=-1)
 
-    # per class, the kernel's order (``scores.sort(0, descending=True)`` of the class's scores, ties included);
-    # all classes laid out one after the other: node k is the box ``mask_order[k]``
-    mask_orders, cls_of = [], []
-    for c in torch.unique(labels):
-        mask = (labels == c).nonzero(as_tuple=False).view(-1)
-        _, order = scores[mask].sort(0, descending=True)
-        mask_orders.append(mask[order])
-        cls_of.append(torch.full((mask.numel(),), len(cls_of), dtype=torch.long))
-    mask_order = torch.cat(mask_orders)
-    b = boxes_for_nms[mask_order]
-    first, second = _candidate_pairs(b, torch.cat(cls_of), float(iou_thr))
+
+def _kept_by_kernel(boxes_for_nms: torch.Tensor, orders, iou_thr: float) -> torch.Tensor:
+    """What separate calls of mmcv's ``nms_rotated`` kernel keep: one call per index tensor of ``orders`` (each the
+    kernel's processing order of its boxes, ``scores[group].sort(0, descending=True)``). Returns the kept indices
+    into ``boxes_for_nms``, call after call, each call's in its processing order."""
+    from mmcv.ops import box_iou_rotated
+
+    thr = torch.tensor(iou_thr, dtype=torch.float32)  # the kernel compares against a C++ float
+    # all calls laid out one after the other: node k is the box ``order[k]``; pairs only within a call
+    order = torch.cat(orders)
+    call_of = torch.repeat_interleave(torch.arange(len(orders)), torch.tensor([o.numel() for o in orders]))
+    b = boxes_for_nms[order]
+    first, second = _candidate_pairs(b, call_of, float(iou_thr))
 
     def overlaps(edges):
         # higher-scored box first: the kernel's single_box_iou_rotated(box_i, box_j) call, so the same bits
         return box_iou_rotated(b[first[edges]], b[second[edges]], aligned=True) >= thr
 
-    keep_pos = _greedy(b.shape[0], first, second, overlaps)
+    return order[_greedy(b.shape[0], first, second, overlaps)]
+
+
+def _falls_back(boxes: torch.Tensor, iou_thr) -> bool:
+    """Inputs for which the equality with the kernel is not guaranteed (or the CUDA kernel is fast already)."""
+    return (boxes.dtype != torch.float32 or boxes.device.type != "cpu" or not iou_thr > 0 or boxes.dim() != 2
+            or boxes.shape[-1] != 5)
+
+
+def _classwise_keep(boxes_for_nms: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                    iou_thr: float) -> torch.Tensor:
+    """mmcv's ``batched_nms`` split path: one kernel call per class, then the kept boxes sorted by score."""
+    orders = []
+    for c in torch.unique(labels):
+        mask = (labels == c).nonzero(as_tuple=False).view(-1)
+        _, order = scores[mask].sort(0, descending=True)
+        orders.append(mask[order])
     total_mask = scores.new_zeros(scores.size(), dtype=torch.bool)
-    total_mask[mask_order[keep_pos]] = True
+    total_mask[_kept_by_kernel(boxes_for_nms, orders, iou_thr)] = True
     keep = total_mask.nonzero(as_tuple=False).view(-1)
     _, inds = scores[keep].sort(descending=True)
     return keep[inds]
+
+
+def batched_rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                        iou_thr: float) -> torch.Tensor:
+    """Kept indices into ``boxes`` (N, 5: cx, cy, w, h, angle in radians), sorted by score, exactly those (and in
+    the order) of ``mmcv.ops.batched_nms(boxes, scores, labels, dict(type='nms_rotated', iou_threshold=iou_thr,
+    split_thr=0))``."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if _falls_back(boxes, iou_thr):
+        return mmcv_batched_rotated_nms(boxes, scores, labels, iou_thr)
+    return _classwise_keep(_offset_boxes(boxes, labels), scores, labels, iou_thr)
+
+
+_NMS_CFG_KEYS = {"type", "iou_threshold", "split_thr", "class_agnostic", "max_num"}
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, nms_cfg,
+                class_agnostic: bool = False):
+    """Drop-in for ``mmcv.ops.batched_nms`` that returns the same ``(dets, keep)`` for rotated boxes
+    (``nms_cfg`` of type ``'nms_rotated'``), with the pruned rotated NMS of this module on CPU float32.
+
+    Both of mmcv's paths are reproduced: below ``split_thr`` (default 10000) boxes one kernel call over all the
+    (class-offset) boxes, kept in its processing order; otherwise one call per class, the kept boxes sorted by
+    score and cut to ``max_num``; ``class_agnostic`` (argument or ``nms_cfg`` key) without offsets. ``dets`` is
+    ``(k, 6)``: the kept boxes and their scores. Everything else (another NMS type, other ``nms_cfg`` keys, CUDA,
+    non-float32, ``nms_cfg=None``) is handed to mmcv's ``batched_nms`` unchanged. Empty input gives ``(0, 6)`` dets
+    and no indices (mmcv's single-call path returns malformed output there; mmdet's heads never call it empty)."""
+    from mmcv.ops import batched_nms as mmcv_batched_nms
+    from mmcv.ops import nms_rotated
+
+    cfg = dict(nms_cfg) if nms_cfg is not None else None
+    if (cfg is None or cfg.get("type", "nms") not in ("nms_rotated", nms_rotated) or not set(cfg) <= _NMS_CFG_KEYS
+            or _falls_back(boxes, cfg.get("iou_threshold", 0))):
+        return mmcv_batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic)
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros(0, 6), torch.zeros(0, dtype=torch.long, device=boxes.device)
+    class_agnostic = cfg.get("class_agnostic", class_agnostic)
+    iou_thr = float(cfg["iou_threshold"])
+    boxes_for_nms = boxes if class_agnostic else _offset_boxes(boxes, idxs)
+    if boxes.shape[0] < cfg.get("split_thr", 10000):
+        if "max_num" in cfg:  # mmcv passes it on to nms_rotated, which rejects it: let mmcv say so
+            return mmcv_batched_nms(boxes, scores, idxs, nms_cfg, class_agnostic)
+        _, order = scores.sort(0, descending=True)
+        keep = _kept_by_kernel(boxes_for_nms, [order], iou_thr)
+    else:
+        keep = _classwise_keep(boxes_for_nms, scores, idxs, iou_thr)
+        if cfg.get("max_num", -1) > 0:
+            keep = keep[: cfg["max_num"]]
+    return torch.cat([boxes[keep], scores[keep][:, None]], -1), keep
+
+
+def multiclass_nms(multi_bboxes: torch.Tensor, multi_scores: torch.Tensor, score_thr: float, nms_cfg,
+                   max_num: int = -1, score_factors=None, return_inds: bool = False, box_dim: int = 5):
+    """Drop-in for mmdet's ``multiclass_nms`` (``mmdet.models.layers``), as the RoI bbox heads call it for rotated
+    boxes, with :func:`batched_nms` of this module; same ``(dets, labels[, inds])``.
+
+    ``multi_bboxes`` (n, C·box_dim) or (n, box_dim) (shared by the classes), ``multi_scores`` (n, C + 1), the last
+    column the background (ignored); candidates are the (box, class) pairs with score ``> score_thr`` (strictly),
+    numbered box-major (``inds = box * C + class``); ``score_factors`` (n,) multiply the scores after that
+    threshold; then the class-wise NMS of ``nms_cfg`` and the first ``max_num`` (if > 0)."""
+    num_classes = multi_scores.size(1) - 1
+    n = multi_scores.size(0)
+    if multi_bboxes.shape[1] > box_dim:
+        bboxes = multi_bboxes.view(n, -1, box_dim)
+    else:
+        bboxes = multi_bboxes[:, None].expand(n, num_classes, box_dim)
+    bboxes = bboxes.reshape(-1, box_dim)
+    scores = multi_scores[:, :-1].reshape(-1)
+    labels = torch.arange(num_classes, dtype=torch.long, device=scores.device).repeat(n)
+    inds = (scores > score_thr).nonzero(as_tuple=False).squeeze(1)
+    if score_factors is not None:
+        scores = scores * score_factors.view(-1, 1).expand(n, num_classes).reshape(-1)
+    bboxes, scores, labels = bboxes[inds], scores[inds], labels[inds]
+    if bboxes.numel() == 0:
+        dets = torch.cat([bboxes, scores[:, None]], -1)
+        return (dets, labels, inds) if return_inds else (dets, labels)
+    dets, keep = batched_nms(bboxes, scores, labels, nms_cfg)
+    if max_num > 0:
+        dets, keep = dets[:max_num], keep[:max_num]
+    return (dets, labels[keep], inds[keep]) if return_inds else (dets, labels[keep])
