@@ -1,7 +1,6 @@
 # Rotated FCOS (le90, DOTA-v1.0 1024 patches, 1x schedule; mmrotate's hbox variant: IoU loss on the horizontal box
 # plus an L1 angle loss) with the equivariant backbone and FPN: only the data preprocessor (equivariant canvas 1025
-# for the P7 stride 128), backbone and neck are replaced, and the head's test-time rotated NMS is rotplugin's pruned
-# one (FastNMSRotatedFCOSHead: the same detections).
+# for the P7 stride 128), backbone and neck are replaced.
 #
 # Why this variant: mmrotate's default Rotated FCOS uses RotatedIoULoss, i.e. mmcv's diff_iou_rotated, which has no
 # CPU implementation (it trains on GPUs only); mmdet's IoULoss and L1Loss are plain PyTorch.
@@ -40,5 +39,4 @@ model = dict(
         start_level=1,
         add_extra_convs='on_output',
         relu_before_extra_convs=True,
-        num_outs=5),
-    bbox_head=dict(type='FastNMSRotatedFCOSHead'))
+        num_outs=5))

@@ -1,6 +1,5 @@
 # Rotated RetinaNet (le90, DOTA-v1.0 1024 patches, 1x schedule) of mmrotate with the equivariant backbone and FPN:
-# only the data preprocessor (equivariant canvas 1025 for the P7 stride 128), backbone and neck are replaced, and the
-# head's test-time rotated NMS is rotplugin's pruned one (FastNMSRetinaHead: the same detections).
+# only the data preprocessor (equivariant canvas 1025 for the P7 stride 128), backbone and neck are replaced.
 _base_ = ['mmrotate::rotated_retinanet/rotated-retinanet-rbox-le90_r50_fpn_1x_dota.py']
 
 custom_imports = dict(imports=['rotplugin'], allow_failed_imports=False)
@@ -27,5 +26,4 @@ model = dict(
         orientation=orientation,
         start_level=1,
         add_extra_convs='on_input',
-        num_outs=5),
-    bbox_head=dict(type='FastNMSRetinaHead'))
+        num_outs=5))

@@ -13,6 +13,11 @@ Select them in a config by type name (after ``custom_imports=dict(imports=['rotp
 * ``FastNMSShared2FCBBoxHead``: ``mmdet.Shared2FCBBoxHead`` (Oriented R-CNN's and ReDet's RoI bbox head);
 * ``FastNMSRetinaHead``: ``mmdet.RetinaHead`` (Rotated RetinaNet's head in mmrotate 1.x);
 * ``FastNMSRotatedFCOSHead``: ``RotatedFCOSHead``.
+
+configs/oriented_rcnn selects ``FastNMSShared2FCBBoxHead`` (2000 RoIs x 15 classes on a 1025² canvas: the NMS
+8.8 s -> 3.2 s on 2 CPU cores). The RetinaNet and FCOS configs keep the stock heads: on the TTA benchmark's input
+(10000 large boxes of a random-weight RetinaNet) the pruning search costs more than it saves (0.49 s against
+mmcv's 0.40 s), as it does wherever boxes are large and mostly suppressed.
 """
 from __future__ import annotations
 
