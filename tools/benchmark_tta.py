@@ -13,6 +13,11 @@ to the equivariant canvas (1025 for S = 1024):
   ``matched`` = fraction paired within 1e-3 px / 1e-4, ``num_dets``) — for 4 views at 90° steps (exact on the
   canvas) and for 8 views at 45° steps (C8 elements, spatially interpolated, so only approximate).
 
+Also recorded, per method (seconds per run, from the TTA models' own timings): ``*_heads_s`` (all views' heads) and
+``*_merge_s`` (the class-wise rotated NMS of the views). The ideal counts neither the merge nor the heads' dependence
+on the view (``H`` is the 0° view's); with random weights both are large at small sizes (at 513², 8 views at 45°:
+heads 1.4-5.4 s per view, merge of 16000 boxes 7-8.5 s), so compare at the 1025² canvas.
+
 Random weights score near the prior, so the heads' ``score_thr`` is lowered to compare hundreds of boxes.
 The JSON is written atomically (temp file + rename) after every measurement, each entry with the settings it was
 measured with; rerun with the same ``--json`` and the entries already there with the same settings are skipped
@@ -110,6 +115,8 @@ def measure(model, data, angles, repeat, score_thr):
         "feature_tta_s": t_feat, "image_tta_s": t_img,
         "ideal_ratio": (t_b + v * t_h) / (v * (t_b + t_h)), "measured_ratio": t_feat / t_img,
         "rotation_s": feat_tta.timings["rotation"] / repeat,
+        "feature_heads_s": feat_tta.timings["heads"] / repeat, "image_heads_s": img_tta.timings["heads"] / repeat,
+        "feature_merge_s": feat_tta.timings["merge"] / repeat, "image_merge_s": img_tta.timings["merge"] / repeat,
         "max_box_diff_px": box_diff, "max_score_diff": score_diff, "matched": matched,
         "num_dets": len(a[0]), "num_dets_image_tta": len(b[0]),
     }
