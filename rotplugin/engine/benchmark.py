@@ -245,7 +245,7 @@ def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
     from matplotlib.figure import Figure
 
     modes = list(results)
-    fig = Figure(figsize=(9.0, 4.0), dpi=100)
+    fig = Figure(figsize=(10.0, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax_map, ax_t = fig.subplots(1, 2)
     maps = [results[m]["mAP"] for m in modes]
@@ -262,7 +262,7 @@ def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax_t.set_ylabel("seconds per image")
     ax_t.set_title("time")
-    ax_t.legend(fontsize="small")
+    ax_t.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the bars, not on them
     if title:
         fig.suptitle(title, fontsize="small")
     fig.tight_layout()
