@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, save_config_and_random_weights
+from conftest import ROOT, dota_test_dataloader, dota_train_dataloader, save_config_and_random_weights
 
 # the hbox variant of Rotated FCOS (see the config): it normalises its losses over all processes
 FCOS = ROOT / "configs/rotated_fcos/rotated-fcos-hbox-le90_er50-c8_efpn_1x_dota.py"
@@ -30,16 +30,6 @@ RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_e
 PYTHON = os.environ.get("PYTHON", str(ROOT / ".venv/bin/python"))
 TOL_PARAM = 1e-5
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
-
-TRAIN_PIPELINE = [dict(type="mmdet.LoadImageFromFile"),
-                  dict(type="mmdet.LoadAnnotations", with_bbox=True, box_type="qbox"),
-                  dict(type="ConvertBoxType", box_type_mapping=dict(gt_bboxes="rbox")),
-                  dict(type="mmdet.Resize", scale=(129, 129), keep_ratio=True), dict(type="mmdet.PackDetInputs")]
-TEST_PIPELINE = [dict(type="mmdet.LoadImageFromFile"), dict(type="mmdet.Resize", scale=(129, 129), keep_ratio=True),
-                 dict(type="mmdet.LoadAnnotations", with_bbox=True, box_type="qbox"),
-                 dict(type="ConvertBoxType", box_type_mapping=dict(gt_bboxes="rbox")),
-                 dict(type="mmdet.PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                                              "scale_factor"))]
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +66,9 @@ def train_config(tmp, base, name, batch_size, max_iters=6, reg_bias=None):
     if not init.exists():
         initial_checkpoint(cfg, init, reg_bias)
     cfg.load_from = str(init)
-    cfg.train_dataloader = dict(
-        batch_size=batch_size, num_workers=0, persistent_workers=False,
-        # one endless pass in a fixed order (mmengine pauses 2 s whenever a finite sampler restarts): rank r of 2
-        # takes images r, r+2, ..., so the global batches of 2 x 1 equal the batches of 1 x 2
-        sampler=dict(type="InfiniteSampler", shuffle=False),
-        dataset=dict(type="DOTADataset", data_root=str(tmp / "train"), ann_file="labelTxt/",
-                     data_prefix=dict(img_path="images/"), filter_cfg=dict(filter_empty_gt=True),
-                     pipeline=TRAIN_PIPELINE))
+    # one endless pass in a fixed order (mmengine pauses 2 s whenever a finite sampler restarts): rank r of 2 takes
+    # images r, r+2, ..., so the global batches of 2 x 1 equal the batches of 1 x 2
+    cfg.train_dataloader = dota_train_dataloader(tmp / "train", batch_size, sampler="InfiniteSampler")
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=1000)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
@@ -220,11 +205,7 @@ def test_setup(data):
     cfg = shrink_detector_config(load_config(str(RETINA)))
     # random weights score near the 0.01 prior: keep low scores, but not thousands of boxes
     cfg.model.test_cfg.update(score_thr=0.001, nms_pre=500, max_per_img=200)
-    cfg.test_dataloader = dict(
-        batch_size=1, num_workers=0, persistent_workers=False, drop_last=False,
-        sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(type="DOTADataset", data_root=str(data / "test"), ann_file="labelTxt/",
-                     data_prefix=dict(img_path="images/"), test_mode=True, pipeline=TEST_PIPELINE))
+    cfg.test_dataloader = dota_test_dataloader(data / "test")
     cfg.test_evaluator = []  # only the predictions (tools/test.py --out adds AtomicDumpResults)
     # the TTA merge keeps low scores too (tools/test.py --tta keeps these settings of a config's hook)
     cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.001, max_per_img=200)]

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, save_config_and_random_weights
+from conftest import ROOT, dota_test_dataloader, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
@@ -33,17 +33,7 @@ def patches(tmp_path_factory):
     cfg = shrink_detector_config(load_config(str(RETINA)))
     cfg.model.test_cfg.update(score_thr=0.005, nms_pre=100, max_per_img=30)
     # the config tests on a labelled split, as mmrotate's DOTA configs do; --submission-dir must drop the labels
-    cfg.test_dataloader = dict(
-        batch_size=1, num_workers=0, persistent_workers=False, drop_last=False,
-        sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(type="DOTADataset", data_root=str(tmp / "split"), ann_file="labelTxt/",
-                     data_prefix=dict(img_path="images/"), test_mode=True, pipeline=[
-                         dict(type="mmdet.LoadImageFromFile"),
-                         dict(type="mmdet.Resize", scale=(129, 129), keep_ratio=True),
-                         dict(type="mmdet.LoadAnnotations", with_bbox=True, box_type="qbox"),
-                         dict(type="ConvertBoxType", box_type_mapping=dict(gt_bboxes="rbox")),
-                         dict(type="mmdet.PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                                                      "scale_factor"))]))
+    cfg.test_dataloader = dota_test_dataloader(tmp / "split")
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
     # the TTA merge keeps random weights' low scores too (tools/test.py keeps the config hook's settings)
     cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.005, max_per_img=100)]

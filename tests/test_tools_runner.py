@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import ROOT, save_config_and_random_weights
+from conftest import ROOT, dota_test_dataloader, dota_train_dataloader, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
@@ -18,19 +18,7 @@ def small_setup(tmp_path_factory):
     generate_dataset(str(tmp / "data"), num_images=2, size=129, seed=0, progress=False)
     cfg = shrink_detector_config(load_config(str(RETINA)))
     cfg.model.test_cfg.score_thr = 0.005
-    pipeline = [
-        dict(type="mmdet.LoadImageFromFile"),
-        dict(type="mmdet.Resize", scale=(129, 129), keep_ratio=True),
-        dict(type="mmdet.LoadAnnotations", with_bbox=True, box_type="qbox"),
-        dict(type="ConvertBoxType", box_type_mapping=dict(gt_bboxes="rbox")),
-        dict(type="mmdet.PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                                     "scale_factor")),
-    ]
-    cfg.test_dataloader = dict(
-        batch_size=1, num_workers=0, persistent_workers=False, drop_last=False,
-        sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(type="DOTADataset", data_root=str(tmp / "data"), ann_file="labelTxt/",
-                     data_prefix=dict(img_path="images/"), test_mode=True, pipeline=pipeline))
+    cfg.test_dataloader = dota_test_dataloader(tmp / "data")
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
     config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
@@ -67,18 +55,7 @@ def test_tools_train_two_iterations_and_resume(small_setup):
 
     tmp, config, _ = small_setup
     cfg = Config.fromfile(str(config))
-    train_pipeline = [
-        dict(type="mmdet.LoadImageFromFile"),
-        dict(type="mmdet.LoadAnnotations", with_bbox=True, box_type="qbox"),
-        dict(type="ConvertBoxType", box_type_mapping=dict(gt_bboxes="rbox")),
-        dict(type="mmdet.Resize", scale=(129, 129), keep_ratio=True),
-        dict(type="mmdet.PackDetInputs"),
-    ]
-    cfg.train_dataloader = dict(
-        batch_size=2, num_workers=0, persistent_workers=False, sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=dict(type="DOTADataset", data_root=cfg.test_dataloader.dataset.data_root, ann_file="labelTxt/",
-                     data_prefix=dict(img_path="images/"), filter_cfg=dict(filter_empty_gt=True),
-                     pipeline=train_pipeline))
+    cfg.train_dataloader = dota_train_dataloader(cfg.test_dataloader.dataset.data_root, batch_size=2)
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=2, val_interval=1000)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.param_scheduler = []
