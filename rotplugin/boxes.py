@@ -22,7 +22,8 @@ import torch
 
 from rotplugin.fields import rotate_points, rotated_canvas_size
 
-__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "match_detections"]
+__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "circumscribed_half_sizes",
+           "match_detections"]
 
 
 def wrap_le90(t: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,14 @@ def rbox_to_polygon(boxes: torch.Tensor) -> torch.Tensor:
     dy = torch.stack([-s * h / 2, c * h / 2], -1)
     ctr = torch.stack([cx, cy], -1)
     return torch.stack([ctr - dx - dy, ctr + dx - dy, ctr + dx + dy, ctr - dx + dy], 1)
+
+
+def circumscribed_half_sizes(boxes: torch.Tensor):
+    """Half width and half height ``(half_x, half_y)`` of the smallest horizontal box around each ``(..., 5)``
+    ``(cx, cy, w, h, t)`` box (any angle version: only ``|cos t|``, ``|sin t|`` enter)."""
+    w, h, t = boxes[..., 2], boxes[..., 3], boxes[..., 4]
+    c, s = torch.cos(t).abs(), torch.sin(t).abs()
+    return (w * c + h * s) / 2, (w * s + h * c) / 2
 
 
 def match_detections(a, b, box_tol: float = 1e-3, score_tol: float = 1e-4):

@@ -33,7 +33,8 @@ from typing import Dict
 
 from mmengine.logging import MMLogger
 from mmrotate.evaluation.metrics import DOTAMetric
-from mmrotate.registry import METRICS
+
+from rotplugin.registry import METRICS
 
 __all__ = ["DOTAClassAPMetric", "in_process_pool"]
 

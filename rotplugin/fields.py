@@ -21,7 +21,9 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
 * **Fibre action.** ``out[:, field i] = ρ_i(g) @ in[:, field i]`` at every pixel (escnn's
   ``f'(p) = ρ(g) f(g⁻¹p)``). On a map whose middle is the canvas centre, :func:`rotate_fields` at multiples of
   ``360/N`` that are multiples of 90° equals ``GeometricTensor(x, field_type).transform(element).tensor``
-  (tests/test_fields.py checks this for every element of C4, C8, D4, D8 and field kind).
+  (tests/test_fields.py checks this for every element of C4, C8, D4, D8 and field kind). For a regular field of
+  ``C_N`` (channels ``f_0 .. f_{N-1}``, one per orientation) the rotation ``r^k`` is a cyclic shift of the channels by
+  ``+k``: ``f'_j = f_{j-k mod N}`` (``torch.roll(f, k, dim=1)`` within the field).
 * **Rotated canvas.** For odd multiples of 90° the canvas ``(H, W)`` becomes ``(W, H)`` (so the map's ``h, w`` swap);
   for every other angle the canvas is kept and what leaves it is lost (zeros come in).
 * **Memory.** Exact quarter turns are index operations; odd ones return a transposed, non-contiguous tensor (as
@@ -55,7 +57,7 @@ from escnn import gspaces
 from escnn.group import CyclicGroup, DihedralGroup
 from escnn.nn import FieldType
 
-from .canvas import canvas_centre, feature_size
+from .canvas import _check_stride, _is_int, canvas_centre, feature_size
 
 __all__ = [
     "rotate_fields",
@@ -180,15 +182,9 @@ def _check_canvas(canvas_size) -> Tuple[int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"canvas_size must be (H, W), got {canvas_size!r}") from None
     for n in (h, w):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < 1:
+        if not _is_int(n) or int(n) < 1:
             raise ValueError(f"canvas_size must be two positive integers, got {canvas_size!r}")
     return int(h), int(w)
-
-
-def _check_stride(stride) -> int:
-    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or int(stride) < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    return int(stride)
 
 
 def rotated_canvas_size(canvas_size: Sequence[int], angle: float) -> Tuple[int, int]:
@@ -682,8 +678,8 @@ class _SpatialPlan:
     def _row_gather_spec(self, b, u, in_hw, out_hw):
         """The exact map in the input's memory order as one gather of whole rows of ``x``: the output buffer
         ``buf[c, r, :] = x[ch(c), rows[r], :]``, returned as is or transposed. ``None`` when columns are reversed
-        (a flip kernel is needed anyway; gathering rows of a reversed copy measured slower than the channel gather
-        plus flip) or when the output does not cover exactly the input's columns and existing rows."""
+        (a flip kernel is needed anyway; gathering rows of a whole reversed copy of the map measured slower than the
+        channel gather plus flip; :meth:`fused` does it block by block instead) or when the output does not cover exactly the input's columns and existing rows."""
         h, w = in_hw
         if self.transpose:      # buf[c, r, s] = out[c, s, r]: r runs along the output's columns
             sign_r, off_r, sign_s, off_s, n_r, n_s = b[0, 1], u[0], b[1, 0], u[1], out_hw[1], out_hw[0]
@@ -907,13 +903,11 @@ def rotate_fields(tensor: torch.Tensor, field_type: FieldType, angle: AngleLike,
                                tensor, angles)
     hw = tuple(tensor.shape[-2:])
     key = _plain_key(field_type, angles, stride, canvas_size, out_size, flip, fibre_interp, hw)
-    pair = _PAIRS.get(key) if key is not None else None
-    if pair is None:
-        pair = (fibre_operator(field_type, angles, fibre_interp, flip=flip),
+    def make():
+        return (fibre_operator(field_type, angles, fibre_interp, flip=flip),
                 _plan(hw, angles, stride, canvas_size, out_size, flip))
-        if key is not None:
-            _PAIRS.get_or(key, lambda: pair)
-    op, plan = pair
+
+    op, plan = _PAIRS.get_or(key, make) if key is not None else make()
     if plan.exact:
         # without a column reversal: channels and rows in one gather of whole rows; with one, a flip and the
         # channel permutation block by block (_SpatialPlan.fused); otherwise (pads, dense fields, autograd,

@@ -8,12 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["write_json_atomic", "write_pickle_atomic", "ResumableResults"]
+__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "ResumableResults"]
 
 
-def _write_atomic(path, write: Callable, mode: str) -> None:
-    """Call ``write(file)`` on a temp file in the folder of ``path`` and rename it to ``path`` (parent folders are
-    created): readers see the old file or the complete new one, never a partial one."""
+def write_atomic(path, write: Callable, mode: str) -> None:
+    """Call ``write(file)`` on a temp file (opened with ``mode``, ``"w"`` or ``"wb"``) in the folder of ``path`` and
+    rename it to ``path`` (parent folders are created): readers see the old file or the complete new one, never a
+    partial one. The file gets the permissions of a plain new file (``0o666`` less the umask), not mkstemp's
+    private ``0o600``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
@@ -22,6 +24,9 @@ def _write_atomic(path, write: Callable, mode: str) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -36,12 +41,12 @@ def write_json_atomic(path, data) -> None:
         json.dump(data, fh, indent=2)
         fh.write("\n")
 
-    _write_atomic(path, write, "w")
+    write_atomic(path, write, "w")
 
 
 def write_pickle_atomic(path, data) -> None:
     """:func:`write_json_atomic` for a pickle file."""
-    _write_atomic(path, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL), "wb")
+    write_atomic(path, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL), "wb")
 
 
 def _canonical(settings: dict) -> dict:

@@ -4,8 +4,8 @@ no mm* imports).
 Orientation pictures
 --------------------
 A regular field of ``C_N`` at a pixel is ``N`` numbers ``f_0 .. f_{N-1}``, one per orientation; rotating the image
-by ``360/N`` degrees moves the map and rolls the field's channels by ``+1`` (``f'_k = f_{k-1}``, the channel
-convention of :mod:`rotplugin.fields`). Its orientation is read off the first circular Fourier coefficient::
+by ``360/N`` degrees moves the map and rolls the field's channels by ``+1`` (the fibre action stated in
+:mod:`rotplugin.fields`). Its orientation is read off the first circular Fourier coefficient::
 
     z = Σ_k f_k · exp(2πi k / N)          (complex, one per field and pixel)
 

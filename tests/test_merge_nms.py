@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from rotplugin.models import rotated_nms
-from rotplugin.models.rotated_nms import batched_rotated_nms, mmcv_batched_rotated_nms
+from rotplugin.models.rotated_nms import batched_rotated_nms
+
+
+def mmcv_batched_rotated_nms(boxes, scores, labels, iou_thr):
+    """The reference: mmcv's class-wise rotated NMS; returns the kept indices (score order)."""
+    from mmcv.ops import batched_nms
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    _, keep = batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=iou_thr, split_thr=0))
+    return keep
 
 
 def random_boxes(g, n, spread=200.0, size=(2.0, 40.0), ncls=3):

@@ -29,9 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEMO_CONFIG = ROOT / "configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
+from rotplugin.engine.benchmark import DEMO_CONFIG, DEMO_DIR, MODES  # noqa: E402  (the demo's model and layout)
+
 R50_CONFIG = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
-MODES = ("none", "image", "feature")
 MODE_NAMES = {"none": "no TTA", "image": "image-rotation TTA", "feature": "feature-rotation TTA"}
 
 
@@ -41,7 +41,7 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "work_dirs" / "demo"))
+    p.add_argument("--out", default=str(DEMO_DIR))
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--test-images", type=int, default=150)
     p.add_argument("--size", type=int, default=256, help="side of the synthetic scenes (px)")
@@ -123,16 +123,15 @@ def train(out: Path, args) -> dict:
     t0 = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - t0
-    model = runner.model.module if hasattr(runner.model, "module") else runner.model
-    tmp = model_path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": {"config": str(DEMO_CONFIG.relative_to(ROOT)),
-                                                            "epochs": epochs}}, str(tmp))
-    os.replace(tmp, model_path)
+    from rotplugin.io import write_atomic, write_json_atomic
+    from rotplugin.models.tta import unwrap_model
+
+    state = {"state_dict": unwrap_model(runner.model).state_dict(),
+             "meta": {"config": str(DEMO_CONFIG.relative_to(ROOT)), "epochs": epochs}}
+    write_atomic(model_path, lambda fh: torch.save(state, fh), "wb")
     info = {"seconds": seconds, "epochs": epochs, "iterations": runner.iter,
             "train_images": len(runner.train_dataloader.dataset), "sec_per_iter": seconds / max(runner.iter, 1),
             "batch_size": cfg.train_dataloader.batch_size}
-    from rotplugin.io import write_json_atomic
-
     write_json_atomic(str(info_path), info)
     log(f"train: {runner.iter} iterations in {seconds / 60:.1f} min -> {model_path}")
     return info
@@ -266,7 +265,7 @@ def equivariance_table(out: Path) -> dict:
 
 # -- 6. report -----------------------------------------------------------------------------------------------------
 def write_report(out: Path, data, train_info, bench, detections, fields, equiv, seconds) -> None:
-    from rotplugin.io import write_json_atomic
+    from rotplugin.io import write_atomic, write_json_atomic
 
     results = bench["results"]
     report = {
@@ -315,8 +314,7 @@ def write_report(out: Path, data, train_info, bench, detections, fields, equiv, 
                            ("no_canvas", "no canvas (plain padding), float32")):
             if key in equiv:
                 lines.append(f"* {title}: {_worst(equiv[key]):.2e}")
-    (out / "report.md.tmp").write_text("\n".join(lines) + "\n")
-    os.replace(out / "report.md.tmp", out / "report.md")
+    write_atomic(out / "report.md", lambda fh: fh.write("\n".join(lines) + "\n"), "w")
     log(f"report: {out / 'report.md'}, {out / 'report.json'}")
 
 

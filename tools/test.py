@@ -57,8 +57,8 @@ def build_test_config(args):
             tta.update(fibre_interp=args.fibre_interp)
         hooks.append(tta)
         cfg.custom_hooks = hooks
-    if getattr(args, "submission_dir", None):
-        set_submission(cfg, args.submission_dir, getattr(args, "merge_iou", 0.1))
+    if args.submission_dir:
+        set_submission(cfg, args.submission_dir, args.merge_iou)
     if args.out:
         if not args.out.endswith((".pkl", ".pickle")):
             raise ValueError(f"--out must be a .pkl file, got {args.out}")
@@ -69,7 +69,7 @@ def build_test_config(args):
     return cfg
 
 
-def set_submission(cfg, out_dir: str, merge_iou: float = 0.1) -> None:
+def set_submission(cfg, out_dir: str, merge_iou: float) -> None:
     """Make ``cfg`` write a DOTA submission to ``out_dir`` (see the module doc): the test evaluator merges patches
     and only formats, the test dataset is read without annotations. Refuses a non-empty ``out_dir`` before anything
     runs (mmrotate would refuse it only after the whole inference)."""

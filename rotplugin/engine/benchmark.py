@@ -38,7 +38,6 @@ import itertools
 import json
 import os
 import os.path as osp
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -48,16 +47,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 
 __all__ = ["run_benchmark", "format_table", "plot_benchmark", "PlainTimedModel", "check_data_root", "MODES",
-           "TIME_KEYS", "DEMO_CONFIG", "DEMO_CHECKPOINT", "DEMO_DATA", "DEMO_OUT_DIR", "JSON_NAME", "PNG_NAME"]
+           "TIME_KEYS", "DEMO_CONFIG", "DEMO_DIR", "DEMO_CHECKPOINT", "DEMO_DATA", "DEMO_OUT_DIR", "JSON_NAME",
+           "PNG_NAME"]
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("none", "image", "feature")
 TIME_KEYS = ("backbone_neck", "heads", "rotation", "merge", "other")
 # the demo model of `make demo` (tools/demo.py): what tools/benchmark.py runs without arguments
 DEMO_CONFIG = ROOT / "configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
-DEMO_CHECKPOINT = ROOT / "work_dirs/demo/model.pth"
-DEMO_DATA = ROOT / "work_dirs/demo/data/test"
-DEMO_OUT_DIR = ROOT / "work_dirs/demo/benchmark"
+DEMO_DIR = ROOT / "work_dirs/demo"   # tools/demo.py's default --out; the three below are its layout
+DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
+DEMO_DATA = DEMO_DIR / "data/test"
+DEMO_OUT_DIR = DEMO_DIR / "benchmark"
 JSON_NAME, PNG_NAME = "benchmark.json", "benchmark.png"
 
 
@@ -266,20 +267,9 @@ def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize="small")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a plain file otherwise
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from rotplugin.io import write_atomic
+
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"), "wb")
 
 
 # ---------------------------------------------------------------------------------------------------------------

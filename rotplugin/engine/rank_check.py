@@ -8,9 +8,9 @@ from typing import Dict
 import torch
 from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from rotplugin.io import write_json_atomic
+from rotplugin.models.tta import unwrap_model
 from rotplugin.registry import HOOKS
 
 __all__ = ["RankConsistencyHook", "state_digests"]
@@ -59,8 +59,7 @@ class RankConsistencyHook(Hook):
         self._check(runner, f"the end of training (iteration {runner.iter})", dump=self.dump)
 
     def _check(self, runner, when: str, dump: bool) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        digests = state_digests(model)
+        digests = state_digests(unwrap_model(runner.model))
         rank, world = get_rank(), get_world_size()
         if dump:
             write_json_atomic(osp.join(runner.work_dir, "rank_states", f"rank{rank}.json"),

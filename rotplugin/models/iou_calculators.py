@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
 
+from rotplugin.boxes import circumscribed_half_sizes
 from rotplugin.registry import TASK_UTILS
 
 __all__ = ["CircumscribedHBoxOverlaps2D", "circumscribed_hboxes"]
@@ -18,10 +19,8 @@ __all__ = ["CircumscribedHBoxOverlaps2D", "circumscribed_hboxes"]
 def circumscribed_hboxes(rboxes: torch.Tensor, min_size: float = 1e-3) -> torch.Tensor:
     """``(x1, y1, x2, y2)`` of the smallest horizontal box around each ``(cx, cy, w, h, angle)`` box (radians; any
     angle version). Its sides are clamped to at least ``min_size``, as mmrotate does before its IoU."""
-    cx, cy, w, h = rboxes[..., 0], rboxes[..., 1], rboxes[..., 2], rboxes[..., 3]
-    cos, sin = torch.cos(rboxes[..., 4]).abs(), torch.sin(rboxes[..., 4]).abs()
-    half_w = ((w * cos + h * sin) / 2).clamp(min=min_size / 2)
-    half_h = ((w * sin + h * cos) / 2).clamp(min=min_size / 2)
+    cx, cy = rboxes[..., 0], rboxes[..., 1]
+    half_w, half_h = (half.clamp(min=min_size / 2) for half in circumscribed_half_sizes(rboxes))
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
 
 

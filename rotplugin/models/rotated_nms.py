@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["batched_nms", "batched_rotated_nms", "mmcv_batched_rotated_nms", "multiclass_nms"]
+__all__ = ["batched_nms", "batched_rotated_nms", "multiclass_nms"]
 
 # relative slack on the two pruning conditions: the exact IoU (float32, polygon clipping) may exceed the true
 # bound by rounding; 1e-3 is far above float32 error and costs only a few extra candidate pairs
@@ -43,15 +43,6 @@ _MAX_ROUNDS = 32  # vectorised rounds of the greedy resolution before the sequen
 _CHUNK_PAIRS = 1 << 22  # pairs per chunk of the candidate search (~4M: a few hundred MB of temporaries at most)
 # a box whose short side is below this fraction of max(long side, 1 px) is "degenerate": see _candidate_pairs
 _DEGENERATE = 1e-3
-
-
-def mmcv_batched_rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_thr: float):
-    """The reference: mmcv's class-wise rotated NMS; returns the kept indices (score order)."""
-    from mmcv.ops import batched_nms
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    _, keep = batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=iou_thr, split_thr=0))
-    return keep
 
 
 def _candidate_pairs(b: torch.Tensor, cls: torch.Tensor, iou_thr: float):
@@ -99,9 +90,9 @@ def _candidate_pairs(b: torch.Tensor, cls: torch.Tensor, iou_thr: float):
             start = torch.cumsum(cnt, 0) - cnt
             j = i + 1 + torch.arange(total, device=b.device) - torch.repeat_interleave(start, cnt)
             fi, fj = feats[i], feats[j]
-            lo = torch.maximum(fi[:, 0::2], fj[:, 0::2])  # x0, y0, area_pad(max, unused)
-            up = torch.minimum(fi[:, 1::2], fj[:, 1::2])  # x1, y1, area(min, unused)
-            ov = (up[:, :2] - lo[:, :2]).clamp_(min=0)
+            lo = torch.maximum(fi[:, 0:4:2], fj[:, 0:4:2])  # x0, y0
+            up = torch.minimum(fi[:, 1:4:2], fj[:, 1:4:2])  # x1, y1
+            ov = (up - lo).clamp_(min=0)
             inter = torch.minimum(torch.minimum(fi[:, 4], fj[:, 4]), ov[:, 0] * ov[:, 1])
             ok = inter >= thr * (fi[:, 5] + fj[:, 5] - inter)
             ok &= inter > 0
@@ -118,8 +109,8 @@ def _candidate_pairs(b: torch.Tensor, cls: torch.Tensor, iou_thr: float):
     if degenerate.numel():
         _, counts = torch.unique_consecutive(cls, return_counts=True)
         ends = torch.cumsum(counts, 0)
-        cls_start = (ends - counts)[torch.searchsorted(ends, degenerate, right=True)]
-        cls_count = counts[torch.searchsorted(ends, degenerate, right=True)]
+        cls_of = torch.searchsorted(ends, degenerate, right=True)
+        cls_start, cls_count = (ends - counts)[cls_of], counts[cls_of]
         others = torch.repeat_interleave(degenerate, cls_count)
         start = torch.cumsum(cls_count, 0) - cls_count
         partner = torch.repeat_interleave(cls_start, cls_count) + torch.arange(int(cls_count.sum())) - \
@@ -235,11 +226,9 @@ def batched_rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
     """Kept indices into ``boxes`` (N, 5: cx, cy, w, h, angle in radians), sorted by score, exactly those (and in
     the order) of ``mmcv.ops.batched_nms(boxes, scores, labels, dict(type='nms_rotated', iou_threshold=iou_thr,
     split_thr=0))``."""
-    if boxes.numel() == 0:
+    if boxes.numel() == 0:     # before batched_nms: mmcv's fallback (e.g. float64) fails on empty input
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    if _falls_back(boxes, iou_thr):
-        return mmcv_batched_rotated_nms(boxes, scores, labels, iou_thr)
-    return _classwise_keep(_offset_boxes(boxes, labels), scores, labels, iou_thr)
+    return batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=iou_thr, split_thr=0))[1]
 
 
 _NMS_CFG_KEYS = {"type", "iou_threshold", "split_thr", "class_agnostic", "max_num"}

@@ -152,8 +152,9 @@ class FieldConv(nn.Module):
         return (acc / (len(self._symmetries) + 1)).to(filt.dtype)
 
     def expanded_filter(self):
-        """``(filter, bias)`` of the equivalent ``torch.nn.Conv2d`` (symmetrised; cached in eval mode until the
-        coefficients change)."""
+        """``(filter, bias)`` of the equivalent ``torch.nn.Conv2d``: escnn's expansion in a training step with
+        gradients, else symmetrised (see the class docstring) and cached in eval mode until the coefficients
+        change."""
         weights = self.conv.weights
         if self.training and torch.is_grad_enabled() and weights.requires_grad:
             return self.conv.expand_parameters()  # a training step: see the class docstring
