@@ -27,8 +27,8 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
 * **Rotated canvas.** For odd multiples of 90° the canvas ``(H, W)`` becomes ``(W, H)`` (so the map's ``h, w`` swap);
   for every other angle the canvas is kept and what leaves it is lost (zeros come in).
 * **Memory.** Exact quarter turns are index operations; odd ones return a transposed, non-contiguous tensor (as
-  ``torch.rot90`` does) to save a copy. Results never alias the input. Large maps are rotated block by block,
-  without a temporary the size of the map.
+  ``torch.rot90`` does) to save a copy. Results never alias the input. On CPU, without autograd, they are one pass
+  of a small C row copier (``rotplugin._plane_copy``, built by setup.py; torch operations where it is absent).
 * Also accepted: ``flip2dOnR2()`` (escnn's C2 acting by the mirror ``m``: N = 1, ``flip=True`` is its element 1) and
   ``trivialOnR2()`` (C1).
 * **Edge cases.** Any finite angle (negative, several turns) is reduced modulo 360°; NaN / Inf angles raise
@@ -59,6 +59,11 @@ from escnn.nn import FieldType
 
 from .canvas import _check_stride, _is_int, canvas_centre, feature_size
 
+try:        # optional (setup.py builds it): without it, exact quarter turns take torch's flip and index_select
+    from . import _plane_copy
+except ImportError:     # pragma: no cover - exercised by tests that hide it
+    _plane_copy = None
+
 __all__ = [
     "rotate_fields",
     "rotate_grid",
@@ -78,12 +83,9 @@ _ANGLE_TOL = 1e-9      # degrees: an angle this close to a multiple counts as th
 _INT_TOL = 1e-9        # feature pixels: an offset this close to an integer counts as integral
 _MAT_TOL = 1e-9        # matrix entries this close to 0 / ±1 are snapped
 _CACHE_SIZE = 512
-# Exact quarter turns of large maps go block by block (_SpatialPlan.fused): a block of whole fields of at most
-# this many bytes per torch thread is flipped into a buffer that stays in cache (1.5 MiB: two
-# 8-channel fields of a 129² map; blocks of one to four such fields timed alike on this machine, 1 MiB of L2 per
-# core and 32 MiB of L3) and then gathered into the output.
-_BLOCK_BYTES = 3 << 19
-_BLOCKWISE_MIN_BYTES = 8 << 20  # smaller maps: two whole-map passes (their temporary stays in the last-level cache)
+# Exact quarter turns of CPU tensors are one pass of the C row copier (rotplugin/csrc/plane_copy.c, built by
+# setup.py) when it is built; it runs on up to torch.get_num_threads() threads, one per this many bytes of map.
+_COPY_BYTES_PER_THREAD = 1 << 20
 
 AngleLike = Union[float, int, torch.Tensor, np.ndarray, Sequence[float]]
 
@@ -415,8 +417,7 @@ class FibreOperator:
         self.names = list(names)
         self.size = int(sum(m.shape[0] for m in self.matrices))
         self._device_cache: Dict[tuple, object] = {}
-        self._field_groups = None
-        self._rows = _LRU(64)
+        self._planes = _LRU(64)
         perms = [_signed_permutation(m) for m in self.matrices]
         if all(p is not None for p in perms):
             offsets = np.cumsum([0] + [m.shape[0] for m in self.matrices[:-1]])
@@ -478,15 +479,6 @@ class FibreOperator:
         self._device_cache[key] = cached
         return cached
 
-    def _group_sign(self, gi: int, device, dtype) -> torch.Tensor:
-        """The signs of field group ``gi`` (:meth:`field_groups`) as a ``(1, d, 1, 1)`` tensor."""
-        key = ("group_sign", gi, device, dtype)
-        t = self._device_cache.get(key)
-        if t is None:
-            sign = self.field_groups()[gi][4]
-            t = self._device_cache[key] = torch.as_tensor(sign, dtype=dtype, device=device).view(1, -1, 1, 1)
-        return t
-
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to a ``(B, C, *spatial)`` tensor (channels = the fields, in order). Differentiable."""
         if x.dim() < 2 or x.shape[1] != self.size:
@@ -521,39 +513,19 @@ class FibreOperator:
 
     __call__ = apply
 
-    def field_groups(self) -> List[Tuple[int, int, int, np.ndarray, Optional[np.ndarray]]]:
-        """For a ``"permutation"`` operator: runs of consecutive fields with the same size and the same signed
-        permutation, as ``(first channel, fields, d, local index, sign)``: output channel ``o`` of each field is
-        ``sign[o] *`` its input channel ``local[o]`` (``sign`` None when all +1)."""
-        groups = self._field_groups
-        if groups is None:
-            groups, start = [], 0
-            for m in self.matrices:
-                d = m.shape[0]
-                local = self.index[start:start + d] - start
-                sign = self.sign[start:start + d]
-                last = groups[-1] if groups else None
-                if last is not None and last[2] == d and np.array_equal(last[3], local) \
-                        and np.array_equal(last[4], sign):
-                    last[1] += 1
-                else:
-                    groups.append([start, 1, d, local, sign])
-                start += d
-            groups = self._field_groups = [(g0, nf, d, local, None if (sign > 0).all() else sign)
-                                           for g0, nf, d, local, sign in groups]
-        return groups
-
-    def _block_rows(self, gi: int, fields: int, h: int, keep_rows: bool, device) -> torch.Tensor:
-        """Row index for :meth:`_SpatialPlan.fused`: ``fields`` fields of group ``gi``, each channel ``h`` rows;
-        output row ``a`` of output channel ``q`` reads row ``a`` (``keep_rows``) or ``h - 1 - a`` of channel
-        ``local[q]`` of a block whose planes were reversed. int32 (half the index traffic of int64)."""
+    def plane_sources(self, batch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """For an ``"identity"`` or ``"permutation"`` operator on a contiguous ``(batch, C, ...)`` tensor: the input
+        plane (``b·C + channel``) of every output plane as int64, and a uint8 flag per output plane whose sign
+        flips (None when no sign does). CPU tensors for the C row copier, cached per batch size."""
         def make():
-            _, _, d, local, _ = self.field_groups()[gi]
-            ch = (np.arange(fields)[:, None] * d + local[None, :]).reshape(-1)
-            r = np.arange(h) if keep_rows else np.arange(h - 1, -1, -1)
-            return torch.as_tensor((ch[:, None] * h + r[None, :]).reshape(-1).astype(np.int32), device=device)
+            index = np.arange(self.size) if self.kind == "identity" else self.index
+            planes = (np.arange(batch)[:, None] * self.size + index[None, :]).reshape(-1)
+            neg = None
+            if self.kind == "permutation" and (self.sign < 0).any():
+                neg = torch.from_numpy(np.tile(self.sign < 0, batch).astype(np.uint8))
+            return torch.from_numpy(planes.astype(np.int64)), neg
 
-        return self._rows.get_or((gi, fields, h, keep_rows, device), make)
+        return self._planes.get_or(batch, make)
 
     def __repr__(self):
         return f"FibreOperator(kind={self.kind!r}, channels={self.size}, fields={len(self.matrices)})"
@@ -645,8 +617,7 @@ class _SpatialPlan:
         u = -b @ t
         self.exact = _quarter_turns(angle) is not None and bool((np.abs(u - np.round(u)) <= _INT_TOL).all())
         self._grids: Dict[tuple, torch.Tensor] = {}
-        self._gathers = _LRU(64)
-        self.row_gather = None
+        self.row_copy = None
         if self.exact:
             b = np.round(b).astype(int)
             u = np.round(u).astype(int)
@@ -663,7 +634,7 @@ class _SpatialPlan:
             # out[q] = src[q + o]: pad left -o, right m - n + o (negative pads crop)
             (top, left), (m_h, m_w) = offs, out_hw
             self.pads = (-left, m_w - src[1] + left, -top, m_h - src[0] + top)
-            self.row_gather = self._row_gather_spec(b, u, in_hw, out_hw)
+            self.row_copy = self._row_copy_spec(b, u, in_hw, out_hw)
         else:
             ho, wo = out_hw
             hi, wi = in_hw
@@ -675,94 +646,40 @@ class _SpatialPlan:
             gy = (2.0 * py + 1.0) / hi - 1.0
             self.grid = torch.from_numpy(np.stack([gx, gy], axis=-1)[None])
 
-    def _row_gather_spec(self, b, u, in_hw, out_hw):
-        """The exact map in the input's memory order as one gather of whole rows of ``x``: the output buffer
-        ``buf[c, r, :] = x[ch(c), rows[r], :]``, returned as is or transposed. ``None`` when columns are reversed
-        (a flip kernel is needed anyway; gathering rows of a whole reversed copy of the map measured slower than the
-        channel gather plus flip; :meth:`fused` does it block by block instead) or when the output does not cover exactly the input's columns and existing rows."""
+    def _row_copy_spec(self, b, u, in_hw, out_hw):
+        """The exact map in the input's memory order as a copy of whole rows: ``buf[c, r, :] = x[c', rows[r], :]``,
+        read backwards if ``reverse``, returned as is or transposed (odd quarter turns). ``(rows, reverse)``; None
+        when the output does not cover exactly the input's rows and columns (pads and crops of other canvases)."""
         h, w = in_hw
         if self.transpose:      # buf[c, r, s] = out[c, s, r]: r runs along the output's columns
             sign_r, off_r, sign_s, off_s, n_r, n_s = b[0, 1], u[0], b[1, 0], u[1], out_hw[1], out_hw[0]
         else:
             sign_r, off_r, sign_s, off_s, n_r, n_s = b[0, 0], u[0], b[1, 1], u[1], out_hw[0], out_hw[1]
         rows = sign_r * np.arange(n_r) + off_r
-        if sign_s < 0 or n_s != w or off_s != 0 or rows.min() < 0 or rows.max() >= h:
+        if n_s != w or off_s != (w - 1 if sign_s < 0 else 0) or n_r != h or rows.min() < 0 or rows.max() >= h:
             return None
-        return rows, (n_r, n_s)
+        return torch.from_numpy(rows.astype(np.int64)), bool(sign_s < 0)
 
-    def gather(self, x: torch.Tensor, op: "FibreOperator") -> Optional[torch.Tensor]:
-        """Spatial map and the channel permutation of ``op`` in one pass (a gather of rows); ``None`` when this
-        plan or ``op`` does not allow it, or when it would not save a pass."""
-        spec = self.row_gather
-        if spec is None or op.kind not in ("identity", "permutation") or not x.is_contiguous():
+    def copy(self, x: torch.Tensor, op: "FibreOperator") -> Optional[torch.Tensor]:
+        """The exact map and the signed channel permutation of ``op`` in one pass of the C row copier (every
+        output element written once, straight from the input, in the output's memory order). ``None`` where it
+        does not apply: the copier is not built, inputs that are not contiguous CPU tensors of 2-, 4- or 8-byte
+        elements, autograd (the differentiable torch path runs), operators that mix channels, pads. Same strides
+        as :meth:`apply` (a transposed view for odd quarter turns)."""
+        if _plane_copy is None or self.row_copy is None or op.kind == "blocks" or x.device.type != "cpu" \
+                or not x.is_contiguous() or x.element_size() not in (2, 4, 8) \
+                or (x.requires_grad and torch.is_grad_enabled()):
             return None
-        if op.kind == "identity" and not self.flips:
-            return None         # a plain transposition: a clone is cheaper
-        rows, (n_r, n_s) = spec
+        rows, reverse = self.row_copy       # covers exactly the input's rows and columns: out has x's shape
         b, c, h, w = x.shape
-        key = (op, x.device)
-        index = self._gathers.get(key)
-        if index is None:
-            ch = np.arange(c) if op.kind == "identity" else op.index
-            index = (ch[:, None] * h + rows[None, :]).reshape(-1)
-            index = torch.as_tensor(index, device=x.device,     # int32: half the index traffic of int64
-                                    dtype=torch.int32 if c * h < 2 ** 31 else torch.long)
-            self._gathers[key] = index
-        buf = x.reshape(b, c * h, w).index_select(1, index).view(b, c, n_r, n_s)
-        if op.kind == "permutation":
-            _, sign = op._tensors(x.device, x.dtype if x.dtype in (torch.float32, torch.float64)
-                                  else torch.float32)
-            if sign is not None:
-                buf = (buf.to(sign.dtype) * sign).to(x.dtype)
-        return buf.transpose(-2, -1) if self.transpose else buf
-
-    def fused(self, x: torch.Tensor, op: "FibreOperator") -> Optional[torch.Tensor]:
-        """Exact map that reverses columns (and maybe rows), and the channel permutation of ``op``, without a
-        map-sized temporary. ``None`` when this does not apply: pads, no column reversal (:meth:`gather` does
-        those in one pass), operators other than permutations, inputs that are not contiguous CPU tensors,
-        autograd. Returns the transposed view of the output for odd quarter turns, like :meth:`apply`.
-
-        ``torch.flip`` is torch's only fast way to reverse columns; it cannot write into a given tensor, and no
-        strided view turns a cyclic shift of channels into a reversal. So, block by block (whole fields, at most
-        ``_BLOCK_BYTES``): every plane of the block is reversed as a whole (``flip`` of both axes: one long
-        reversed run per plane, much faster than reversing 129-pixel rows) into a buffer that stays in cache, and
-        one ``index_select`` of whole rows writes it into the output, channels permuted and rows put back in
-        order (where the map does not reverse them), signs applied in cache. The former two passes over the whole
-        map (the channel gather, then the flip) were slower, and their map-sized temporary made glibc hand the
-        freed heap back to the system and fault every page in again on the next call. A permutation that swaps
-        the two halves of every field (regular fields at 180°) is one flip of a 6-D view.
-        """
-        if not self.flips or any(self.pads) or op.kind != "permutation" or x.device.type != "cpu" \
-                or not x.is_contiguous() or x.numel() == 0 or (x.requires_grad and torch.is_grad_enabled()):
-            return None
-        dims = [-1 if d == -2 else -2 for d in self.flips] if self.transpose else list(self.flips)
-        if -1 not in dims:
-            return None
-        b, c, h, w = x.shape
-        groups = op.field_groups()
-        start, nf, d, local, sign = groups[0]
-        if len(groups) == 1 and sign is None and len(dims) == 2 and d % 2 == 0 \
-                and np.array_equal(local, (np.arange(d) + d // 2) % d):
-            out = torch.flip(x.view(b, nf, 2, d // 2, h, w), [2, -2, -1]).view(b, c, h, w)
-            return out.transpose(-2, -1) if self.transpose else out
-        plane = h * w * x.element_size()
-        if c * plane < _BLOCKWISE_MIN_BYTES:
-            return None
-        out = torch.empty_like(x)
-        budget = _BLOCK_BYTES * max(1, torch.get_num_threads())    # the threads of one op share a block
-        for gi, (start, nf, d, local, sign) in enumerate(groups):
-            fields = max(1, min(nf, budget // (d * plane)))
-            rows = op._block_rows(gi, fields, h, len(dims) == 2, x.device)
-            sgn = None if sign is None else op._group_sign(gi, x.device, x.dtype)
-            for i in range(b):
-                srcs = x[i, start:start + nf * d].split(fields * d)
-                dsts = out[i, start:start + nf * d].view(nf * d * h, w).split(fields * d * h)
-                for src, dst in zip(srcs, dsts):
-                    n = dst.shape[0]
-                    block = torch.flip(src, (-2, -1)).view(n, w)
-                    torch.index_select(block, 0, rows if n == len(rows) else rows[:n], out=dst)
-                    if sgn is not None:
-                        dst.view(-1, d, h, w).mul_(sgn)
+        planes, neg = op.plane_sources(b)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        size = x.numel() * x.element_size()
+        if size:
+            threads = max(1, min(torch.get_num_threads(), size // _COPY_BYTES_PER_THREAD))
+            _plane_copy.copy_planes(x.data_ptr(), out.data_ptr(), planes.data_ptr(), rows.data_ptr(),
+                                    0 if neg is None else neg.data_ptr(), b * c, h, w, h * w,
+                                    x.element_size(), reverse, threads)
         return out.transpose(-2, -1) if self.transpose else out
 
     def grid_on(self, device, dtype) -> torch.Tensor:
@@ -909,13 +826,10 @@ def rotate_fields(tensor: torch.Tensor, field_type: FieldType, angle: AngleLike,
 
     op, plan = _PAIRS.get_or(key, make) if key is not None else make()
     if plan.exact:
-        # without a column reversal: channels and rows in one gather of whole rows; with one, a flip and the
-        # channel permutation block by block (_SpatialPlan.fused); otherwise (pads, dense fields, autograd,
-        # strided inputs) the channel gather first, then one flip that keeps the memory order. The transposition
-        # of odd quarter turns stays a view. (tools/benchmark_rotation.py measures this against a clone.)
-        out = plan.gather(tensor, op)
-        if out is None:
-            out = plan.fused(tensor, op)
+        # one pass of the C row copier where it applies (spatial map, channel permutation and signs together);
+        # otherwise the channel part first, then one flip that keeps the memory order. The transposition of odd
+        # quarter turns stays a view. (tools/benchmark_rotation.py measures this against a clone.)
+        out = plan.copy(tensor, op)
         if out is not None:
             return out
         if op.kind == "identity":

@@ -519,63 +519,85 @@ def test_pyramid_and_field_rotation():
         rotate_pyramid(feats[:2], ft, strides[:3], 90, canvas)
 
 
-@pytest.mark.parametrize("group_name", ["C8", "D4"])
-@pytest.mark.parametrize("hw", [(5, 8), (1, 3)])
-def test_row_gather_and_generic_paths_agree(group_name, hw):
-    """The fused row gather (contiguous inputs) and the flip path (non-contiguous inputs) give identical results,
-    and the fused path is really taken for permutation fields."""
-    ft = field_type(group_name, "quotient")
-    n, dihedral = _order(ft.gspace)
-    x = torch.randn(2, ft.size, *hw)
-    strided = x.transpose(-2, -1).contiguous().transpose(-2, -1)
-    assert not strided.is_contiguous() or min(hw) == 1
-    used = 0
-    for k in range(4):
-        for flip in ((False, True) if dihedral else (False,)):
-            op = fibre_operator(ft, 90 * k, flip=flip)
-            plan = fields._plan(hw, 90.0 * k, 1, None, None, flip)
-            used += plan.gather(x, op) is not None
-            assert torch.equal(rotate_fields(x, ft, 90 * k, flip=flip), rotate_fields(strided, ft, 90 * k, flip=flip))
-            generic = plan.apply(op.apply(x), fresh=True)
-            assert torch.equal(rotate_fields(x, ft, 90 * k, flip=flip), generic)
-    assert used >= (2 if dihedral else 1)
-    assert fields._plan(hw, 270.0, 1, None, None, False).gather(x, fibre_operator(ft, 270)) is not None
+def test_row_copier_is_built():
+    """setup.py builds the C row copier; without it every exact quarter turn silently takes the slower torch path
+    (same results), so the environment that runs these tests must have it."""
+    assert fields._plane_copy is not None, "rotplugin._plane_copy is not built: run `pip install -e .` (needs a C compiler)"
+
+
+def _torch_path(x, ft, k, flip):
+    """The exact quarter turn by torch operations only (the path taken without the C row copier)."""
+    op = fibre_operator(ft, 90 * k, flip=flip)
+    plan = fields._plan(tuple(x.shape[-2:]), 90.0 * k, 1, None, None, flip)
+    return plan.apply(op.apply(x), fresh=True), plan, op
 
 
 @pytest.mark.parametrize("group_name", ["C8", "D4"])
-def test_blockwise_path_agrees(monkeypatch, group_name):
-    """Large maps are rotated block by block (planes flipped into a cache-sized buffer, then one row gather into the
-    output): forced here on small maps with blocks of one field, a few fields and everything; bit-identical to the
-    generic path (same strides: odd turns stay transposed views) and to escnn, for signed permutations and several
-    field groups too, in float16, and not used where autograd needs the generic path."""
-    monkeypatch.setattr(fields, "_BLOCKWISE_MIN_BYTES", 0)
+def test_row_copier_agrees_with_torch_and_escnn(group_name):
+    """One pass of the C row copier (spatial map, channel permutation and sign flips) is bit-identical to the torch
+    path (same strides: odd turns stay transposed views) and to escnn, for every quarter turn and mirror, signed
+    permutation fields and several field groups, odd and one-pixel maps, batches, every float dtype; it is really
+    taken for them and not for dense fields, strided inputs or autograd."""
     n, dihedral = _order(GSPACES[group_name])
     used = 0
-    for block in (1, 3000, 10 ** 9):
-        monkeypatch.setattr(fields, "_BLOCK_BYTES", block)
-        for kind in ("regular", "quotient", "irreps", "mixed"):
-            ft = field_type(group_name, kind)
-            for hw, dtype in (((9, 9), torch.float32), ((7, 11), torch.float16), ((1, 5), torch.float32)):
-                x = torch.randn(2, ft.size, *hw, generator=torch.Generator().manual_seed(5)).to(dtype)
-                for k in range(4):
-                    for flip in ((False, True) if dihedral else (False,)):
-                        op = fibre_operator(ft, 90 * k, flip=flip)
-                        plan = fields._plan(hw, 90.0 * k, 1, None, None, flip)
-                        out = plan.fused(x, op)
-                        if out is None:
-                            continue
-                        used += 1
-                        generic = plan.apply(op.apply(x), fresh=True)
-                        assert torch.equal(out, generic) and out.stride() == generic.stride(), (kind, hw, k, flip)
-                        assert torch.equal(rotate_fields(x, ft, 90 * k, flip=flip), out)
-                        if dtype == torch.float32:
-                            element = ft.gspace.fibergroup.element((int(flip), k * n // 4) if dihedral else k * n // 4)
-                            assert torch.equal(out, _escnn(x, ft, element))
-    assert used >= (70 if dihedral else 30)
-    ft = field_type(group_name, "regular")
-    x = torch.randn(1, ft.size, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert fields._plan((4, 5), 90.0, 1, None, None, False).fused(x, fibre_operator(ft, 90)) is None
+    for kind in ("trivial", "regular", "irreps", "quotient", "mixed", "dense"):
+        ft = field_type(group_name, kind)
+        for hw, dtype in (((9, 9), torch.float32), ((7, 11), torch.float16), ((1, 5), torch.bfloat16),
+                          ((6, 3), torch.float64)):
+            x = torch.randn(2, ft.size, *hw, generator=torch.Generator().manual_seed(5)).to(dtype)
+            for k in range(4):
+                for flip in ((False, True) if dihedral else (False,)):
+                    reference, plan, op = _torch_path(x, ft, k, flip)
+                    out = plan.copy(x, op)
+                    assert (out is None) == (op.kind == "blocks"), (kind, k, flip)
+                    if out is None:
+                        continue
+                    used += 1
+                    assert torch.equal(out, reference) and out.stride() == reference.stride(), (kind, hw, k, flip)
+                    assert torch.equal(rotate_fields(x, ft, 90 * k, flip=flip), out)
+                    if dtype == torch.float32:
+                        element = ft.gspace.fibergroup.element((int(flip), k * n // 4) if dihedral else k * n // 4)
+                        assert torch.equal(out, _escnn(x, ft, element))
+    assert used >= (4 * 4 * 4 * 2 if dihedral else 4 * 4 * 4)     # the four permutation kinds at least
+    ft = field_type(group_name, "irreps")
+    x = torch.randn(1, ft.size, 4, 5, dtype=torch.float64)
+    strided = x.transpose(-2, -1).contiguous().transpose(-2, -1)
+    plan, op = fields._plan((4, 5), 90.0, 1, None, None, False), fibre_operator(ft, 90)
+    assert plan.copy(strided, op) is None and torch.equal(rotate_fields(strided, ft, 90), rotate_fields(x, ft, 90))
+    x.requires_grad_(True)
+    assert plan.copy(x, op) is None
     assert torch.autograd.gradcheck(lambda t: rotate_fields(t, ft, 90), (x,), fast_mode=True)
+    with torch.no_grad():
+        assert plan.copy(x, op) is not None
+
+
+def test_row_copier_sign_flip_and_threads(monkeypatch):
+    """Sign flips are exact negations bit for bit (-0.0, infinities, subnormals), an empty batch works, and
+    splitting the planes over several threads gives the same bytes."""
+    ft = field_type("D4", "irreps")
+    op = fibre_operator(ft, 90)
+    assert op.kind == "permutation" and (op.sign < 0).any()
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -3.5])
+    x = special.repeat(2 * ft.size * 7 * 9 // 6 + 1)[: 2 * ft.size * 7 * 9].view(2, ft.size, 7, 9)
+    out = rotate_fields(x, ft, 90)
+    reference = fields._plan((7, 9), 90.0, 1, None, None, False).apply(op.apply(x), fresh=True)
+    assert torch.equal(out.contiguous().view(torch.int32), reference.contiguous().view(torch.int32))
+    monkeypatch.setattr(fields, "_COPY_BYTES_PER_THREAD", 1)
+    for threads in (2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert torch.equal(rotate_fields(x, ft, 90).contiguous().view(torch.int32),
+                           out.contiguous().view(torch.int32))
+    assert rotate_fields(x[:0], ft, 270).shape == (0, ft.size, 9, 7)
+
+
+def test_torch_path_without_row_copier(monkeypatch):
+    """Where the C row copier is not built, rotate_fields gives the same results through torch operations."""
+    ft = field_type("C8", "mixed")
+    x = torch.randn(2, ft.size, 9, 7)
+    with_copier = [rotate_fields(x, ft, a, stride=2, canvas_size=(17, 13)) for a in (90, 180, 270)]
+    monkeypatch.setattr(fields, "_plane_copy", None)
+    for a, expected in zip((90, 180, 270), with_copier):
+        assert torch.equal(rotate_fields(x, ft, a, stride=2, canvas_size=(17, 13)), expected)
 
 
 def test_repeated_calls_still_validate():
@@ -680,5 +702,7 @@ def test_module_imports_only_torch_numpy_escnn():
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             roots.add("." + (node.module or "") if node.level else node.module.split(".")[0])
-    assert roots <= {"__future__", "math", "numbers", "collections", "typing", "numpy", "torch", "escnn", ".canvas"}
+    # "." is rotplugin._plane_copy, the C row copier (plain C, no imports of its own)
+    assert roots <= {"__future__", "math", "numbers", "collections", "typing", "numpy", "torch", "escnn", ".canvas",
+                     "."}
     assert {"torch", "numpy", "escnn", ".canvas"} <= roots

@@ -21,7 +21,8 @@ log() { printf '[install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 t0=$(date +%s)
 
 stamp_file=$VENV/.rotplugin-stamp
-want_stamp=$(cat "$ROOT"/requirements/*.txt "$ROOT/tools/install_env.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)
+want_stamp=$(cat "$ROOT"/requirements/*.txt "$ROOT/tools/install_env.sh" "$ROOT/setup.py" "$ROOT"/rotplugin/csrc/*.c \
+  | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want_stamp" ]; then
   log "environment in $VENV is up to date"
   exit 0
@@ -74,7 +75,7 @@ log "escnn without py3nj (SO(3) only), its dependencies, e2cnn (test oracle / ch
 pip_install -q --no-deps escnn
 pip_install -q lie-learn scipy joblib pymanopt autograd e2cnn
 
-log "test tools and rotplugin itself (editable)"
+log "test tools and rotplugin itself (editable; compiles its C row copier, rotplugin/csrc, in about a second)"
 pip_install -q -r "$ROOT/requirements/test.txt"
 pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 
@@ -82,6 +83,7 @@ log "checking the stack imports"
 "$PY" - <<'EOF'
 import torch, torchvision, numpy, mmcv, mmdet, mmrotate, escnn, e2cnn
 from mmcv.ops import nms_rotated  # compiled ops are present
+import rotplugin._plane_copy  # setup.py builds it as optional: here it must be there (tests assert it too)
 assert numpy.__version__.startswith("1."), numpy.__version__
 print(f"  torch {torch.__version__}  torchvision {torchvision.__version__}  numpy {numpy.__version__}")
 print(f"  mmcv {mmcv.__version__}  mmdet {mmdet.__version__}  mmrotate {mmrotate.__version__}"
