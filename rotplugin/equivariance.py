@@ -15,7 +15,41 @@ from rotplugin.canvas import equivariant_canvas_shape
 from rotplugin.fields import rotate_fields
 from rotplugin.nn.field_layers import trivial_field_type
 
-__all__ = ["max_relative_error", "l2_relative_error", "pad_image", "EquivarianceReport", "measure_equivariance"]
+__all__ = ["max_relative_error", "l2_relative_error", "pad_image", "EquivarianceReport", "measure_equivariance",
+           "FeaturePyramid", "feature_pyramid"]
+
+
+@dataclass(frozen=True)
+class FeaturePyramid:
+    """What a model's feature extractor produces: ``extract(images) -> maps``, one field type and stride per map,
+    and the largest stride (the canvas must be ``≡ 1`` modulo it)."""
+    extract: Callable[[torch.Tensor], Sequence[torch.Tensor]]
+    field_types: List
+    strides: List[int]
+    max_stride: int
+
+
+def feature_pyramid(model, purpose: str = "rotating its features") -> FeaturePyramid:
+    """The :class:`FeaturePyramid` of a detector (``model.extract_feat``; the fields are those its neck declares,
+    or its backbone's without a neck) or of a bare module that declares its own (``EquivariantResNet``,
+    ``EquivariantFPN``, a function with these attributes): ``out_field_types``, ``out_strides`` and optionally
+    ``max_stride`` (default: the largest stride). ``ValueError`` naming the module and ``purpose`` when the module
+    that produces the features does not declare them (e.g. mmdet's plain FPN after an equivariant backbone)."""
+    neck = getattr(model, "neck", None) if getattr(model, "with_neck", True) else None
+    backbone = getattr(model, "backbone", None)
+    if hasattr(model, "extract_feat") and (neck is not None or backbone is not None):
+        producer, extract = (neck if neck is not None else backbone), model.extract_feat
+    else:
+        producer, extract = model, model
+    missing = [a for a in ("out_field_types", "out_strides") if not hasattr(producer, a)]
+    if missing:
+        raise ValueError(f"{purpose} needs an equivariant neck/backbone that declares out_field_types and "
+                         f"out_strides (EquivariantFPN, FeatureRotationNeck, EquivariantResNet); "
+                         f"{type(producer).__name__} has no {' / '.join(missing)}: what its features hold is "
+                         f"unknown")
+    strides = [int(s) for s in producer.out_strides]
+    return FeaturePyramid(extract, list(producer.out_field_types), strides,
+                          int(getattr(producer, "max_stride", max(strides))))
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -74,6 +74,7 @@ __all__ = [
     "rotation_matrix_and_offset",
     "rotate_points",
     "rotated_canvas_size",
+    "group_of",
     "FIBRE_INTERP_RULES",
 ]
 
@@ -256,7 +257,7 @@ def rotate_points(points, angle: float, canvas_size: Sequence[int], *, stride: i
 # field types: the group, and per-representation tables
 # ----------------------------------------------------------------------------------------------------------------
 
-def _group_of(field_type) -> Tuple[int, bool]:
+def group_of(field_type) -> Tuple[int, bool]:
     """``(N, has_flips)`` of a field type on ``rot2dOnR2(N)``, ``flipRot2dOnR2(N)`` (finite N, default axis) or
     ``flip2dOnR2()`` / ``trivialOnR2()`` (N = 1)."""
     if not isinstance(field_type, FieldType):
@@ -564,7 +565,7 @@ def fibre_operator(field_type: FieldType, angle: float, fibre_interp: Optional[s
     With ``flip``, the operator is ``ρ(θ) ρ(m)`` (``ρ(m)`` exact). All rules equal escnn at multiples of ``360/N``.
     Operators are cached per (field type, angle, flip, rule).
     """
-    n, dihedral = _group_of(field_type)
+    n, dihedral = group_of(field_type)
     if fibre_interp not in FIBRE_INTERP_RULES:
         raise ValueError(f"unknown fibre_interp {fibre_interp!r}; expected one of {FIBRE_INTERP_RULES}")
     if flip and not dihedral:
@@ -807,7 +808,7 @@ def rotate_fields(tensor: torch.Tensor, field_type: FieldType, angle: AngleLike,
     ``GeometricTensor(tensor, field_type).transform(element)``.
     """
     _check_tensor(tensor)
-    _group_of(field_type)
+    group_of(field_type)
     if tensor.shape[1] != field_type.size:
         raise ValueError(f"tensor has {tensor.shape[1]} channels but field_type has size {field_type.size}")
     angles = _batch_angles(angle, tensor.shape[0])
@@ -861,7 +862,7 @@ class FieldRotation:
     def __init__(self, field_type: FieldType, *, stride: int = 1, canvas_size: Optional[Sequence[int]] = None,
                  flip: bool = False, fibre_interp: Optional[str] = None,
                  out_size: Optional[Sequence[int]] = None):
-        _group_of(field_type)
+        group_of(field_type)
         if fibre_interp not in FIBRE_INTERP_RULES:
             raise ValueError(f"unknown fibre_interp {fibre_interp!r}; expected one of {FIBRE_INTERP_RULES}")
         self.field_type = field_type

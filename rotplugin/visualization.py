@@ -69,7 +69,6 @@ __all__ = [
     "visualize_field_rotation",
     "visualize_detector_fields",
     "FieldRotationPlots",
-    "pyramid_of",
     "draw_rboxes",
     "label_colour",
 ]
@@ -82,19 +81,15 @@ COMBINE_MODES = ("sum", "max")
 # ----------------------------------------------------------------------------------------------------------------
 
 def _rotation_order(field_type) -> int:
-    """N of the field type's group (C_N or D_N); ValueError for groups without a finite rotation of order > 1."""
-    from escnn.nn import FieldType
+    """N of the field type's group (C_N or D_N, checked by :func:`rotplugin.fields.group_of`); ValueError when it
+    has no rotation of order > 1."""
+    from rotplugin.fields import group_of
 
-    if not isinstance(field_type, FieldType):
-        raise TypeError(f"field_type must be an escnn.nn.FieldType, got {type(field_type).__name__}")
-    n = getattr(field_type.gspace, "rotations_order", None)  # escnn's GSpace2D: N, or -1 for SO(2) / O(2)
-    if n is None or int(n) < 0:
-        raise ValueError(f"field type on {field_type.gspace.name!r}: only finite rotation groups (rot2dOnR2(N), "
-                         f"flipRot2dOnR2(N)) have orientation channels")
-    if int(n) < 2:
+    n, _ = group_of(field_type)
+    if n < 2:
         raise ValueError(f"field type on {field_type.gspace.name!r} has no rotations (N = {n}): there is no "
                          f"orientation to draw")
-    return int(n)
+    return n
 
 
 def orientation_channels(field_type) -> List[np.ndarray]:
@@ -426,35 +421,17 @@ class FieldRotationPlots:
     orientation: Dict[int, Dict[str, torch.Tensor]] = field(default_factory=dict)  # level -> z of each picture
 
 
-def pyramid_of(model) -> Tuple[Callable, list, List[int], int]:
-    """``(extract_feat, field types, strides, max stride)`` of a detector (``model.extract_feat`` with an
-    equivariant neck, or a backbone alone) or of a bare EquivariantResNet / EquivariantFPN-like module with
-    ``out_field_types`` and ``out_strides``. Raises ``ValueError`` when the module that produces the features does
-    not say what fields they are (e.g. mmdet's plain FPN after an equivariant backbone)."""
-    neck = getattr(model, "neck", None) if getattr(model, "with_neck", True) else None
-    backbone = getattr(model, "backbone", None)
-    if hasattr(model, "extract_feat") and (neck is not None or backbone is not None):
-        producer = neck if neck is not None else backbone
-        fn = model.extract_feat
-    else:
-        producer, fn = model, model
-    missing = [a for a in ("out_field_types", "out_strides") if not hasattr(producer, a)]
-    if missing:
-        raise ValueError(f"{type(producer).__name__} (the module whose outputs would be drawn) has no "
-                         f"{' / '.join(missing)}: field pictures need an equivariant backbone/neck "
-                         f"(EquivariantResNet, EquivariantFPN) that says which fields its outputs hold")
-    strides = list(producer.out_strides)
-    return fn, list(producer.out_field_types), strides, int(getattr(producer, "max_stride", max(strides)))
-
-
 def visualize_detector_fields(model, image: torch.Tensor, out_dir: str, angle: float = 90.0,
                               **kwargs) -> FieldRotationPlots:
-    """:func:`visualize_field_rotation` of a detector (or backbone / neck module) found by :func:`pyramid_of`: its
-    ``extract_feat``, field types, strides and largest stride. ``model`` must be in eval mode; ``kwargs`` go to
+    """:func:`visualize_field_rotation` of a detector (or backbone / neck module), with the extractor, field types,
+    strides and largest stride of :func:`rotplugin.equivariance.feature_pyramid`. ``model`` must be in eval mode; ``kwargs`` go to
     :func:`visualize_field_rotation` (``levels``, ``fields``, ``prefix``, ...)."""
-    fn, field_types, strides, max_stride = pyramid_of(model)
-    kwargs.setdefault("max_stride", max_stride)
-    return visualize_field_rotation(fn, image, field_types, strides, out_dir, angle, **kwargs)
+    from rotplugin.equivariance import feature_pyramid
+
+    pyramid = feature_pyramid(model, "drawing its fields")
+    kwargs.setdefault("max_stride", pyramid.max_stride)
+    return visualize_field_rotation(pyramid.extract, image, pyramid.field_types, pyramid.strides, out_dir, angle,
+                                    **kwargs)
 
 
 @torch.no_grad()

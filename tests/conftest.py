@@ -1,10 +1,12 @@
 """Shared test helpers: the real DOTA samples beside the project (../shared), seeded weights for the Runner-based
-tools, and data loaders over DOTA-format dirs."""
+tools, data loaders over DOTA-format dirs, and random rotated boxes."""
+import math
 import os
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 
@@ -64,3 +66,26 @@ def dota_train_dataloader(data_root, batch_size: int, sampler: str = "DefaultSam
                 dataset=dict(type="DOTADataset", data_root=str(data_root), ann_file="labelTxt/",
                              data_prefix=dict(img_path="images/"), filter_cfg=dict(filter_empty_gt=True),
                              pipeline=pipeline))
+
+
+# random rotated boxes (mmrotate rbox: cx, cy, w, h, angle in radians, le90) for the NMS / IoU tests
+def random_boxes(g, n, spread=200.0, size=(2.0, 40.0), ncls=3):
+    ctr = torch.rand(n, 2, generator=g) * spread
+    wh = size[0] + torch.rand(n, 2, generator=g) * (size[1] - size[0])
+    a = (torch.rand(n, 1, generator=g) - 0.5) * math.pi
+    return torch.cat([ctr, wh, a], 1), torch.rand(n, generator=g), torch.randint(0, ncls, (n,), generator=g)
+
+
+def clustered(g, n_obj, copies, ncls=4, spread=300.0):
+    """Views of the same objects: jittered centre/size/angle, like the TTA merge's input."""
+    base, scores, labels = random_boxes(g, n_obj, spread, (4.0, 60.0), ncls)
+    boxes, sc, lab = [], [], []
+    for _ in range(copies):
+        j = base.clone()
+        j[:, :2] += torch.randn(n_obj, 2, generator=g) * 1.5
+        j[:, 2:4] *= 1 + 0.05 * torch.randn(n_obj, 2, generator=g)
+        j[:, 4] += 0.05 * torch.randn(n_obj, generator=g)
+        boxes.append(j)
+        sc.append((scores + 0.05 * torch.randn(n_obj, generator=g)).clamp(0, 1))
+        lab.append(labels)
+    return torch.cat(boxes), torch.cat(sc), torch.cat(lab)

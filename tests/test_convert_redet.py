@@ -289,14 +289,16 @@ def test_without_e2cnn(monkeypatch, redet, redet_outputs, image):
 
 
 def test_field_conv_loads_state_dicts_of_either_mode():
-    """escnn keeps the expanded filter as a buffer in eval mode; FieldConv drops it (its state dict is the same in
-    both modes) and loads state dicts with or without it in either mode."""
+    """escnn keeps the expanded filter as a buffer in eval mode; FieldConv drops it (no such buffers; its state
+    dict is the same in both modes) and loads state dicts with or without it in either mode, strictly."""
     torch.manual_seed(0)
     src = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
     dst = EquivariantResNet(depth=18, orientation=4, stem_channels=8, base_channels=8)
     x = torch.randn(1, 3, 33, 33)
     train_sd, eval_sd = src.train().state_dict(), src.eval().state_dict()
-    assert train_sd.keys() == eval_sd.keys()
+    assert list(train_sd) == list(eval_sd)
+    assert not any(k.endswith((".filter", ".expanded_bias")) for k in train_sd)
+    assert not any(name.endswith((".filter", ".expanded_bias")) for name, _ in src.named_buffers())
     # what escnn's eval mode (and FieldConv before it dropped the caches) saved
     legacy_sd = dict(eval_sd, **{f"{name}.conv.filter": m.conv.expand_parameters()[0].detach()
                                  for name, m in src.named_modules() if isinstance(m, FieldConv)})

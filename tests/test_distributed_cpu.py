@@ -269,41 +269,6 @@ def same(a, b):
     return all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-def test_escnn_state_dict_is_mode_independent_and_has_no_filter_caches():
-    """escnn's R2Conv keeps its expanded filter as buffers (zeros after construction, the expansion in eval mode);
-    FieldConv drops them: no keys depend on the mode, checkpoints saved in either mode load in the other."""
-    from rotplugin.nn.field_layers import FieldConv
-
-    model = small_model()
-    x = torch.randn(1, 3, 65, 65)
-    train_keys = list(model.train().state_dict())
-    eval_keys = list(model.eval().state_dict())
-    assert train_keys == eval_keys
-    assert not any(k.endswith((".filter", ".expanded_bias")) for k in train_keys)
-    assert not any(name.endswith((".filter", ".expanded_bias")) for name, _ in model.named_buffers())
-    ref = outputs(model, x)
-
-    # saved in train mode, loaded into a model in eval mode (and the reverse): the same outputs
-    saved_train = {k: v.clone() for k, v in model.train().state_dict().items()}
-    other = small_model(seed=1).eval()
-    assert not same(outputs(other, x), ref)
-    other.load_state_dict(saved_train)
-    assert same(outputs(other, x), ref)
-    saved_eval = {k: v.clone() for k, v in model.eval().state_dict().items()}
-    other = small_model(seed=2).train()
-    other.load_state_dict(saved_eval)
-    assert same(outputs(other.eval(), x), ref)
-
-    # a checkpoint of an earlier version (escnn's caches saved in eval mode) loads strictly; the caches are ignored
-    legacy = dict(saved_eval)
-    for name, m in model.named_modules():
-        if isinstance(m, FieldConv):
-            legacy[f"{name}.conv.filter"] = torch.zeros(m.out_channels, m.in_channels, m.kernel_size, m.kernel_size)
-    other = small_model(seed=3).eval()
-    other.load_state_dict(legacy, strict=True)
-    assert same(outputs(other, x), ref)
-
-
 @pytest.mark.parametrize("foreach", [False, True])
 def test_eval_filters_are_never_stale(foreach):
     """The eval-mode filter cache follows the coefficients: after an optimiser step (eval -> train -> eval), after

@@ -3,8 +3,7 @@ heads give exactly what mmcv's batched_nms, mmdet's multiclass_nms and the mmdet
 import pytest
 import torch
 
-from conftest import ROOT
-from test_merge_nms import clustered, random_boxes
+from conftest import ROOT, clustered, random_boxes
 
 from rotplugin.models.rotated_nms import batched_nms, multiclass_nms
 

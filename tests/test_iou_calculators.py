@@ -2,13 +2,7 @@
 import pytest
 import torch
 
-
-def random_rboxes(n, gen):
-    b = torch.rand(n, 5, generator=gen)
-    b[:, :2] *= 200
-    b[:, 2:4] = b[:, 2:4] * 60 + 0.5
-    b[:, 4] = (b[:, 4] - 0.5) * 3.14
-    return b
+from conftest import random_boxes
 
 
 @pytest.mark.parametrize("mode", ["iou", "iof"])
@@ -17,7 +11,7 @@ def test_equals_mmrotate_fake_rbbox_overlaps(mode):
     from rotplugin.models.iou_calculators import CircumscribedHBoxOverlaps2D
 
     gen = torch.Generator().manual_seed(0)
-    a, b = random_rboxes(300, gen), random_rboxes(40, gen)
+    a, b = random_boxes(gen, 300, 200.0, (0.5, 60.5))[0], random_boxes(gen, 40, 200.0, (0.5, 60.5))[0]
     b[0, 2] = 0.0  # degenerate width: both clamp it
     expected = FakeRBboxOverlaps2D()(a, b, mode)
     got = CircumscribedHBoxOverlaps2D()(a, b, mode)

@@ -1,9 +1,9 @@
 """The TTA merge's sparse class-wise rotated NMS keeps exactly what mmcv's batched_nms + nms_rotated keeps."""
-import math
 
 import pytest
 import torch
 
+from conftest import clustered, random_boxes
 from rotplugin.models import rotated_nms
 from rotplugin.models.rotated_nms import batched_rotated_nms
 
@@ -15,28 +15,6 @@ def mmcv_batched_rotated_nms(boxes, scores, labels, iou_thr):
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     _, keep = batched_nms(boxes, scores, labels, dict(type="nms_rotated", iou_threshold=iou_thr, split_thr=0))
     return keep
-
-
-def random_boxes(g, n, spread=200.0, size=(2.0, 40.0), ncls=3):
-    ctr = torch.rand(n, 2, generator=g) * spread
-    wh = size[0] + torch.rand(n, 2, generator=g) * (size[1] - size[0])
-    a = (torch.rand(n, 1, generator=g) - 0.5) * math.pi
-    return torch.cat([ctr, wh, a], 1), torch.rand(n, generator=g), torch.randint(0, ncls, (n,), generator=g)
-
-
-def clustered(g, n_obj, copies, ncls=4, spread=300.0):
-    """Views of the same objects: jittered centre/size/angle, like the TTA merge's input."""
-    base, scores, labels = random_boxes(g, n_obj, spread, (4.0, 60.0), ncls)
-    boxes, sc, lab = [], [], []
-    for _ in range(copies):
-        j = base.clone()
-        j[:, :2] += torch.randn(n_obj, 2, generator=g) * 1.5
-        j[:, 2:4] *= 1 + 0.05 * torch.randn(n_obj, 2, generator=g)
-        j[:, 4] += 0.05 * torch.randn(n_obj, generator=g)
-        boxes.append(j)
-        sc.append((scores + 0.05 * torch.randn(n_obj, generator=g)).clamp(0, 1))
-        lab.append(labels)
-    return torch.cat(boxes), torch.cat(sc), torch.cat(lab)
 
 
 def assert_same(boxes, scores, labels, thr):

@@ -411,7 +411,7 @@ def test_every_config_has_a_consistent_equivariant_geometry(config):
     config's; only channel counts change)."""
     from mmrotate.registry import MODELS
     from rotplugin.models import EquivariantDetDataPreprocessor, EquivariantFPN, EquivariantResNet
-    from rotplugin.models.tta import equivariant_feature_spec
+    from rotplugin.equivariance import feature_pyramid
     from rotplugin.presets import load_config, shrink_detector_config
 
     full = load_config(str(ROOT / config))
@@ -421,7 +421,8 @@ def test_every_config_has_a_consistent_equivariant_geometry(config):
     pre, backbone, neck = model.data_preprocessor, model.backbone, model.neck
     assert isinstance(pre, EquivariantDetDataPreprocessor)
     assert isinstance(backbone, EquivariantResNet) and isinstance(neck, EquivariantFPN)
-    field_types, strides = equivariant_feature_spec(model)
+    pyramid = feature_pyramid(model)
+    field_types, strides = pyramid.field_types, pyramid.strides
     assert strides == neck.out_strides and len(field_types) == len(strides) == full.model.neck.num_outs
     for ft in field_types:
         assert ft.gspace.fibergroup == backbone.gspace.fibergroup

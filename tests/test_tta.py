@@ -169,7 +169,7 @@ def test_refuses_non_equivariant_model():
     cfg.model.neck = dict(type="mmdet.FPN", in_channels=[64, 128, 256, 512], out_channels=256, start_level=1,
                           add_extra_convs="on_input", num_outs=5)
     det = MODELS.build(cfg.model)
-    with pytest.raises(ValueError, match="needs an equivariant neck.*FPN does not"):
+    with pytest.raises(ValueError, match="TTA needs an equivariant neck.*FPN has no out_field_types.*ImageRotationTTAModel"):
         FeatureRotationTTAModel(det)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rotplugin import visualization as vis
+from rotplugin.equivariance import feature_pyramid
 from rotplugin.fields import fibre_operator
 from rotplugin.nn.field_layers import make_gspace, regular_field_type, trivial_field_type
 
@@ -226,7 +227,7 @@ def test_bad_arguments_give_clear_errors(small_model, scene, tmp_path):
     assert plots.errors[3] < 1e-4 and [p.split("/")[-1] for p in plots.paths] == ["pre_level3_s64_orientation.png"]
 
 
-def test_pyramid_of_needs_field_types():
+def test_feature_pyramid_needs_field_types():
     from torch import nn
 
     class Detector(nn.Module):
@@ -237,13 +238,17 @@ def test_pyramid_of_needs_field_types():
         def extract_feat(self, x):
             return self.neck(self.backbone(x))
 
-    with pytest.raises(ValueError, match="Conv2d .* has no out_field_types / out_strides"):
-        vis.pyramid_of(Detector(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(ValueError, match="drawing its fields needs .*Conv2d has no out_field_types / out_strides"):
+        feature_pyramid(Detector(nn.Conv2d(3, 3, 1)), "drawing its fields")
     neck = nn.Identity()
     neck.out_field_types, neck.out_strides, neck.max_stride = [field_type(4)], [8], 8
     det = Detector(neck)
-    fn, fts, strides, max_stride = vis.pyramid_of(det)
-    assert fn == det.extract_feat and strides == [8] and max_stride == 8 and fts == [field_type(4)]
+    pyramid = feature_pyramid(det)
+    assert pyramid.extract == det.extract_feat and pyramid.strides == [8] and pyramid.max_stride == 8
+    assert pyramid.field_types == [field_type(4)]
+    bare = nn.Identity()
+    bare.out_field_types, bare.out_strides = [field_type(4)] * 2, [4, 8]
+    assert feature_pyramid(bare) == type(pyramid)(bare, [field_type(4)] * 2, [4, 8], 8)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def main(argv=None):
 
 def run(args):
     from rotplugin.io import write_json_atomic
-    from rotplugin.visualization import pyramid_of, visualize_field_rotation
+    from rotplugin.equivariance import feature_pyramid
+    from rotplugin.visualization import visualize_field_rotation
 
     config, checkpoint = args.config, args.checkpoint
     if args.random and (config or checkpoint):
@@ -173,7 +174,7 @@ def run(args):
     model, what = build_model(config, checkpoint, args.orientation, args.depth, args.seed)
     print(f"model: {what}")
     try:
-        extract, field_types, strides, max_stride = pyramid_of(model)
+        pyramid = feature_pyramid(model, "drawing its fields")
     except ValueError as err:
         raise ToolError(str(err)) from None
 
@@ -181,11 +182,11 @@ def run(args):
     img, image_what = load_image(image_path, args.size, args.seed)
     mean, std, to_rgb = normalisation(model)
     x = to_tensor(img, mean, std, to_rgb)
-    print(f"image: {image_what}; levels {args.levels} of strides {strides}, angle {args.angle:g}°")
+    print(f"image: {image_what}; levels {args.levels} of strides {pyramid.strides}, angle {args.angle:g}°")
     try:
         plots = visualize_field_rotation(
-            extract, x, field_types, strides, args.out_dir, args.angle, levels=args.levels, fields=args.fields,
-            combine=args.combine, max_stride=max_stride, canvas=not args.no_canvas, fibre_interp=args.fibre_interp,
+            pyramid.extract, x, pyramid.field_types, pyramid.strides, args.out_dir, args.angle, levels=args.levels,
+            fields=args.fields, combine=args.combine, max_stride=pyramid.max_stride, canvas=not args.no_canvas, fibre_interp=args.fibre_interp,
             bgr=not to_rgb)
     except ValueError as err:
         raise ToolError(str(err)) from None

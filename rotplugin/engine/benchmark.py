@@ -418,12 +418,13 @@ def _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings,
     from mmrotate.registry import DATASETS, MODELS
 
     from rotplugin.evaluation import DOTAClassAPMetric
-    from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel, equivariant_feature_spec
+    from rotplugin.equivariance import feature_pyramid
+    from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
     from rotplugin.presets import trusted_checkpoints
 
     detector = MODELS.build(cfg.model)
     if "feature" in todo:
-        equivariant_feature_spec(detector)  # clear error for a model whose features cannot be rotated
+        feature_pyramid(detector, "feature TTA")  # clear error for a model whose features cannot be rotated
     with trusted_checkpoints():
         try:
             load_checkpoint(detector, str(checkpoint), map_location="cpu", strict=True, logger="silent")

@@ -30,12 +30,13 @@ from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.structures import InstanceData
 
 from rotplugin.boxes import unrotate_rboxes
+from rotplugin.equivariance import feature_pyramid
 from rotplugin.fields import rotate_fields, rotate_pyramid, rotated_canvas_size
 from rotplugin.models.rotated_nms import batched_rotated_nms
 from rotplugin.nn.field_layers import trivial_field_type
 from rotplugin.registry import MODELS
 
-__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles", "equivariant_feature_spec"]
+__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles"]
 
 
 def parse_angles(angles) -> List[float]:
@@ -62,21 +63,6 @@ def parse_angles(angles) -> List[float]:
 
 def unwrap_model(model):
     return model.module if is_model_wrapper(model) else model
-
-
-def equivariant_feature_spec(detector):
-    """``(field_types, strides)`` of the pyramid ``detector.extract_feat`` returns; error when the neck (or the
-    backbone, without neck) does not declare equivariant outputs."""
-    source = detector.neck if getattr(detector, "with_neck", False) else getattr(detector, "backbone", None)
-    field_types = getattr(source, "out_field_types", None)
-    strides = getattr(source, "out_strides", None)
-    if field_types is None or strides is None:
-        name = type(source).__name__ if source is not None else "None"
-        raise ValueError(
-            f"feature-rotation TTA needs an equivariant neck/backbone that declares out_field_types and "
-            f"out_strides (EquivariantFPN, FeatureRotationNeck, EquivariantResNet); {name} does not: its features "
-            f"cannot be rotated passively. Use ImageRotationTTAModel (--tta image) for such models.")
-    return list(field_types), list(strides)
 
 
 class _RotationTTAModel(BaseModel):
@@ -203,7 +189,12 @@ class FeatureRotationTTAModel(_RotationTTAModel):
 
     def __init__(self, module, **kwargs):
         super().__init__(module, **kwargs)
-        self.field_types, self.strides = equivariant_feature_spec(self.module)
+        try:
+            pyramid = feature_pyramid(self.module, "feature-rotation TTA")
+        except ValueError as err:
+            raise ValueError(f"{err}, so they cannot be rotated passively. Use ImageRotationTTAModel (--tta image) "
+                             f"for such models.") from None
+        self.field_types, self.strides = pyramid.field_types, pyramid.strides
 
     def _view_features(self, inputs, angle, cache):
         if "feats" not in cache:
