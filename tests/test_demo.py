@@ -35,3 +35,9 @@ def test_demo_pipeline_writes_report(tmp_path):
     assert (out / "model.pth").stat().st_mtime == mtime
     assert np.isclose(json.loads((out / "report.json").read_text())["modes"]["none"]["mAP"],
                       report["modes"]["none"]["mAP"])
+    # other settings are not "kept": two epochs train again; two TTA views reach the benchmark and the pictures
+    assert main(["--out", str(out), "--train-images", "4", "--test-images", "2", "--size", "128", "--epochs", "2",
+                 "--angles", "0", "180", "--skip-equivariance"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert (out / "model.pth").stat().st_mtime != mtime and again["train"]["iterations"] == 2
+    assert again["angles"] == [0.0, 180.0] and len(again["pictures"]["detections"]) == 2

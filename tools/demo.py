@@ -1,7 +1,7 @@
 """`make demo`: the whole idea on CPU in minutes, with no download.
 
     python tools/demo.py [--out work_dirs/demo] [--train-images 600] [--test-images 150] [--size 256]
-                         [--epochs E] [--retrain] [--skip-equivariance]
+                         [--epochs E] [--angles A [A ...]] [--retrain] [--skip-equivariance]
 
 1. generates a synthetic DOTA set (``tools/make_synthetic_dota.py``): ``OUT/data/train`` and ``OUT/data/test``;
 2. trains the demo detector (``configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py``: Rotated RetinaNet
@@ -16,7 +16,7 @@
 6. writes ``OUT/report.md`` and ``OUT/report.json`` (per mode ``mAP`` and ``sec_per_img``, and everything above).
 
 Each step keeps what an earlier run made with the same settings (data, trained weights, benchmark entries), so an
-interrupted demo resumes; ``--retrain`` trains again.
+interrupted demo resumes; other data or epochs train again, and so does ``--retrain``.
 """
 from __future__ import annotations
 
@@ -101,16 +101,20 @@ def demo_config(out: Path, size: int, epochs=None):
     return cfg
 
 
-def train(out: Path, args) -> dict:
+def train(out: Path, args, data: dict) -> dict:
     import torch
     from mmengine.runner import Runner
 
     model_path = out / "model.pth"
     info_path = out / "train" / "train.json"
-    if model_path.is_file() and info_path.is_file() and not args.retrain:
-        log(f"train: kept {model_path} (--retrain to train again)")
-        return dict(_read_json(info_path), kept=True)
     cfg = demo_config(out, args.size, args.epochs)
+    settings = {"data": data, "epochs": cfg.train_cfg.max_epochs}
+    if model_path.is_file() and info_path.is_file() and not args.retrain:
+        info = _read_json(info_path)
+        if info.get("settings") == settings:
+            log(f"train: kept {model_path} (same data and epochs; --retrain to train again)")
+            return dict(info, kept=True)
+        log(f"train: {model_path} was trained with other settings ({info.get('settings')}): training again")
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None  # the benchmark evaluates
     cfg.train_cfg.val_interval = 10 ** 6
     cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type="ProgressBarHook", interval=10)]
@@ -131,7 +135,7 @@ def train(out: Path, args) -> dict:
     write_atomic(model_path, lambda fh: torch.save(state, fh), "wb")
     info = {"seconds": seconds, "epochs": epochs, "iterations": runner.iter,
             "train_images": len(runner.train_dataloader.dataset), "sec_per_iter": seconds / max(runner.iter, 1),
-            "batch_size": cfg.train_dataloader.batch_size}
+            "batch_size": cfg.train_dataloader.batch_size, "settings": settings}
     write_json_atomic(str(info_path), info)
     log(f"train: {runner.iter} iterations in {seconds / 60:.1f} min -> {model_path}")
     return info
@@ -148,16 +152,17 @@ def benchmark(out: Path, args) -> dict:
 
 
 # -- 4. pictures ---------------------------------------------------------------------------------------------------
-def draw_detections(out: Path, size: int, num: int = 4) -> list:
-    """Test scenes with ground truth (white) and the detections without TTA and with feature TTA side by side."""
+def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
+    """The test scenes with the most objects: ground truth (white) and the detections without TTA and with
+    feature TTA over ``angles`` side by side."""
     import cv2
     import numpy as np
     import torch
     from mmdet.structures.bbox import get_box_tensor
-    from mmengine.dataset import Compose, pseudo_collate
-    from mmrotate.registry import MODELS
+    from mmengine.dataset import pseudo_collate
+    from mmrotate.registry import DATASETS, MODELS
 
-    from rotplugin.models.tta import FeatureRotationTTAModel
+    from rotplugin.models.tta import FeatureRotationTTAModel, parse_angles
     from rotplugin.presets import trusted_checkpoints
     from rotplugin.visualization import draw_rboxes, label_colour
 
@@ -167,30 +172,28 @@ def draw_detections(out: Path, size: int, num: int = 4) -> list:
         state = torch.load(str(out / "model.pth"), map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
     model.eval()
-    test = cfg.test_dataloader.dataset
-    classes = tuple(test.metainfo["classes"])
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    classes = tuple(dataset.metainfo["classes"])
     nms = cfg.model.test_cfg
-    tta = FeatureRotationTTAModel(model, angles=(0, 90, 180, 270), iou_thr=nms.nms.iou_threshold,
-                                  score_thr=nms.score_thr, max_per_img=nms.max_per_img)
-    pipeline = Compose(test.pipeline)
-    img_dir, ann_dir = out / "data" / "test" / "images", out / "data" / "test" / "labelTxt"
+    views = parse_angles(angles)
+    tta = FeatureRotationTTAModel(model, angles=views, iou_thr=nms.nms.iou_threshold, score_thr=nms.score_thr,
+                                  max_per_img=nms.max_per_img)
     shutil.rmtree(out / "detections", ignore_errors=True)
     (out / "detections").mkdir(parents=True)
     paths = []
-    # the scenes with the most objects
-    names = sorted(os.listdir(img_dir), key=lambda n: (-len((ann_dir / (Path(n).stem + ".txt")).read_text().split(
-        "\n")), n))[:num]
-    for name in sorted(names):
-        data = pipeline(dict(img_path=str(img_dir / name), img_id=Path(name).stem, instances=_instances(
-            ann_dir / (Path(name).stem + ".txt"), classes)))
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    chosen = sorted(range(len(infos)), key=lambda i: (-len(infos[i]["instances"]), infos[i]["img_path"]))[:num]
+    for i in sorted(chosen):
+        data = dataset[i]
+        name = Path(infos[i]["img_path"]).name
         batch = pseudo_collate([data])
         with torch.no_grad():
             plain = model.test_step(batch)[0].pred_instances
             feat = tta.test_step(batch)[0].pred_instances
-        img = cv2.imread(str(img_dir / name))
+        img = cv2.imread(infos[i]["img_path"])
         gt = data["data_samples"].gt_instances
         panels = []
-        for title, pred in (("no TTA", plain), ("feature TTA (4 views)", feat)):
+        for title, pred in (("no TTA", plain), (f"feature TTA ({len(views)} views)", feat)):
             keep = pred.scores >= 0.3
             pic = draw_rboxes(img, get_box_tensor(gt.bboxes), colour=(255, 255, 255), thickness=1, show_text=False)
             pic = draw_rboxes(pic, get_box_tensor(pred.bboxes)[keep], pred.labels[keep], pred.scores[keep], classes,
@@ -211,15 +214,6 @@ def draw_detections(out: Path, size: int, num: int = 4) -> list:
         paths.append(str(path))
     log(f"detections: {len(paths)} pictures -> {out / 'detections'} (white: ground truth; scores >= 0.3 drawn)")
     return paths
-
-
-def _instances(label_file: Path, classes) -> list:
-    """DOTADataset-style instances of one label file (the test pipeline loads annotations from them)."""
-    from rotplugin.data.dota_split import parse_dota_txt
-
-    ann = parse_dota_txt(str(label_file), classes=classes)
-    return [dict(bbox=[float(v) for v in poly.reshape(-1)], bbox_label=classes.index(label), ignore_flag=0)
-            for poly, label in zip(ann["polys"], ann["labels"])]
 
 
 def draw_fields(out: Path) -> dict:
@@ -333,9 +327,9 @@ def main(argv=None):
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = make_data(out, args)
-    train_info = train(out, args)
+    train_info = train(out, args, data)
     bench = benchmark(out, args)
-    detections = draw_detections(out, args.size)
+    detections = draw_detections(out, args.size, " ".join(args.angles))
     fields = draw_fields(out)
     equiv = None if args.skip_equivariance else equivariance_table(out)
     write_report(out, data, train_info, bench, detections, fields, equiv, time.perf_counter() - t0)
