@@ -1,4 +1,5 @@
-"""Small file helpers shared by the tools (no mm* imports): atomic writes and resumable JSON result files."""
+"""Small helpers shared by the tools (no mm* imports): atomic writes, resumable JSON result files, and an image as
+network input."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,26 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "ResumableResults"]
+__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "ResumableResults", "DOTA_MEAN", "DOTA_STD",
+           "image_to_tensor"]
+
+# mmrotate's DOTA configs normalise images by ImageNet's mean and std (RGB order, 0-255 scale)
+DOTA_MEAN = (123.675, 116.28, 103.53)
+DOTA_STD = (58.395, 57.12, 57.375)
+
+
+def image_to_tensor(img, mean=DOTA_MEAN, std=DOTA_STD, bgr_to_rgb: bool = True):
+    """A ``(1, 3, H, W)`` float32 network input from an ``(H, W, 3)`` uint8 image: channels reversed first when
+    ``bgr_to_rgb`` (cv2 reads BGR; mmdet's data preprocessor does the same), then ``(img - mean) / std``."""
+    import numpy as np
+    import torch
+
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {img.shape}")
+    img = img[..., ::-1] if bgr_to_rgb else img
+    x = (img.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].contiguous()
 
 
 def write_atomic(path, write: Callable, mode: str) -> None:

@@ -185,3 +185,22 @@ def test_benchmark_rotation_resumes(tmp_path, monkeypatch, capsys, tool_state):
     bench.main(["--json", out])                                           # not --quick: speed again
     assert calls == ["speed", "accuracy", "accuracy", "speed"]
     assert "accuracy: skipped" in capsys.readouterr().out
+
+
+def test_image_to_tensor_matches_mmdet_preprocessing():
+    """rotplugin.io.image_to_tensor (the tools' network input) normalises like mmdet's DetDataPreprocessor with the
+    DOTA configs' mean, std and bgr_to_rgb; a grey or 4-channel image is refused by name."""
+    import numpy as np
+    import pytest
+    import torch
+    from mmdet.models.data_preprocessors import DetDataPreprocessor
+
+    from rotplugin.io import DOTA_MEAN, DOTA_STD, image_to_tensor
+
+    img = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    pre = DetDataPreprocessor(mean=list(DOTA_MEAN), std=list(DOTA_STD), bgr_to_rgb=True)
+    expected = pre({"inputs": [torch.from_numpy(img).permute(2, 0, 1).contiguous()]}, False)["inputs"]
+    assert torch.allclose(image_to_tensor(img), expected, atol=1e-6)
+    assert not torch.allclose(image_to_tensor(img, bgr_to_rgb=False), expected, atol=1e-2)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) image, got shape \(7, 9\)"):
+        image_to_tensor(img[..., 0])

@@ -31,28 +31,25 @@ DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo
 
 
 def load_image(path, size, seed=0):
-    """RGB image as a (1, 3, size, size) float tensor normalised like mmdet's DOTA configs; a generated image when
+    """The image as a (1, 3, size, size) float tensor normalised like mmrotate's DOTA configs; a generated image when
     ``path`` does not exist (printed)."""
     import cv2
 
+    from rotplugin.io import image_to_tensor
+
+    h, w = (size, size) if isinstance(size, int) else (size or (None, None))
     if path and os.path.exists(path):
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"could not read image {path}")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         if size:
-            h, w = (size, size) if isinstance(size, int) else size
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         source = str(path)
     else:
         rng = np.random.default_rng(seed)
-        h, w = (size, size) if isinstance(size, int) else size
         img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
         source = f"generated noise image {h}x{w} (no file at {path})"
-    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-    x = (img.astype(np.float32) - mean) / std
-    return torch.from_numpy(x).permute(2, 0, 1)[None].contiguous(), source
+    return image_to_tensor(img), source
 
 
 def build_from_args(args):

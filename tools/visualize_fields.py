@@ -29,7 +29,6 @@ DEMO_CONFIG = ROOT / "configs" / "demo" / "rotated-retinanet-le90_er18-c4_efpn_s
 DEMO_CHECKPOINT = ROOT / "work_dirs" / "demo" / "model.pth"
 DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
 # mmdet / mmrotate DOTA normalisation (RGB), used when the model has no data preprocessor to say otherwise
-DEFAULT_MEAN, DEFAULT_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 class ToolError(Exception):
@@ -90,7 +89,9 @@ def normalisation(model):
     mean, std = getattr(pre, "mean", None), getattr(pre, "std", None)
     if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.numel() == 3:
         return mean.flatten().tolist(), std.flatten().tolist(), bool(getattr(pre, "_channel_conversion", False))
-    return list(DEFAULT_MEAN), list(DEFAULT_STD), True
+    from rotplugin.io import DOTA_MEAN, DOTA_STD
+
+    return list(DOTA_MEAN), list(DOTA_STD), True
 
 
 def load_image(path, size, seed):
@@ -117,12 +118,6 @@ def load_image(path, size, seed):
                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
             what += f", resized to {img.shape[1]}x{img.shape[0]}"
     return img, what
-
-
-def to_tensor(img_bgr, mean, std, to_rgb):
-    img = img_bgr[..., ::-1] if to_rgb else img_bgr
-    x = (img.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].contiguous()
 
 
 def parse_args(argv):
@@ -161,6 +156,7 @@ def main(argv=None):
 def run(args):
     from rotplugin.io import write_json_atomic
     from rotplugin.equivariance import feature_pyramid
+    from rotplugin.io import image_to_tensor
     from rotplugin.visualization import visualize_field_rotation
 
     config, checkpoint = args.config, args.checkpoint
@@ -181,7 +177,7 @@ def run(args):
     image_path = args.image if args.image is not None else (str(DEMO_IMAGE) if DEMO_IMAGE.is_file() else None)
     img, image_what = load_image(image_path, args.size, args.seed)
     mean, std, to_rgb = normalisation(model)
-    x = to_tensor(img, mean, std, to_rgb)
+    x = image_to_tensor(img, mean, std, bgr_to_rgb=to_rgb)
     print(f"image: {image_what}; levels {args.levels} of strides {pyramid.strides}, angle {args.angle:g}°")
     try:
         plots = visualize_field_rotation(
