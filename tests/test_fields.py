@@ -522,7 +522,8 @@ def test_pyramid_and_field_rotation():
 def test_row_copier_is_built():
     """setup.py builds the C row copier; without it every exact quarter turn silently takes the slower torch path
     (same results), so the environment that runs these tests must have it."""
-    assert fields._plane_copy is not None, "rotplugin._plane_copy is not built: run `pip install -e .` (needs a C compiler)"
+    assert fields._plane_copy is not None, \
+        "rotplugin._plane_copy is not built: run `pip install -e .` (needs a C compiler)"
 
 
 def _torch_path(x, ft, k, flip):
