@@ -679,8 +679,8 @@ class _SpatialPlan:
         if size:
             threads = max(1, min(torch.get_num_threads(), size // _COPY_BYTES_PER_THREAD))
             _plane_copy.copy_planes(x.data_ptr(), out.data_ptr(), planes.data_ptr(), rows.data_ptr(),
-                                    0 if neg is None else neg.data_ptr(), b * c, h, w, h * w,
-                                    x.element_size(), reverse, threads)
+                                    0 if neg is None else neg.data_ptr(), b * c, h, w, x.element_size(),
+                                    reverse, threads)
         return out.transpose(-2, -1) if self.transpose else out
 
     def grid_on(self, device, dtype) -> torch.Tensor:

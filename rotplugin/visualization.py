@@ -424,8 +424,8 @@ class FieldRotationPlots:
 def visualize_detector_fields(model, image: torch.Tensor, out_dir: str, angle: float = 90.0,
                               **kwargs) -> FieldRotationPlots:
     """:func:`visualize_field_rotation` of a detector (or backbone / neck module), with the extractor, field types,
-    strides and largest stride of :func:`rotplugin.equivariance.feature_pyramid`. ``model`` must be in eval mode; ``kwargs`` go to
-    :func:`visualize_field_rotation` (``levels``, ``fields``, ``prefix``, ...)."""
+    strides and largest stride of :func:`rotplugin.equivariance.feature_pyramid`. ``model`` must be in eval mode;
+    ``kwargs`` go to :func:`visualize_field_rotation` (``levels``, ``fields``, ``prefix``, ...)."""
     from rotplugin.equivariance import feature_pyramid
 
     pyramid = feature_pyramid(model, "drawing its fields")

@@ -185,7 +185,6 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     chosen = sorted(range(len(infos)), key=lambda i: (-len(infos[i]["instances"]), infos[i]["img_path"]))[:num]
     for i in sorted(chosen):
         data = dataset[i]
-        name = Path(infos[i]["img_path"]).name
         batch = pseudo_collate([data])
         with torch.no_grad():
             plain = model.test_step(batch)[0].pred_instances
@@ -209,7 +208,7 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
             cv2.rectangle(legend, (x, 5), (x + 10, 15), label_colour(label), -1)
             cv2.putText(legend, cls, (x + 14, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
             x += 22 + 8 * len(cls)
-        path = out / "detections" / f"{Path(name).stem}.png"
+        path = out / "detections" / f"{Path(infos[i]['img_path']).stem}.png"
         cv2.imwrite(str(path), np.concatenate([picture, legend], axis=0))
         paths.append(str(path))
     log(f"detections: {len(paths)} pictures -> {out / 'detections'} (white: ground truth; scores >= 0.3 drawn)")

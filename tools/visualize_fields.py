@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "configs" / "demo" / "rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
-DEMO_CHECKPOINT = ROOT / "work_dirs" / "demo" / "model.pth"
+sys.path.insert(0, str(ROOT))
+from rotplugin.engine.benchmark import DEMO_CHECKPOINT, DEMO_CONFIG  # noqa: E402  (the demo's model and layout)
+
 DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
-# mmdet / mmrotate DOTA normalisation (RGB), used when the model has no data preprocessor to say otherwise
 
 
 class ToolError(Exception):
@@ -154,9 +154,8 @@ def main(argv=None):
 
 
 def run(args):
-    from rotplugin.io import write_json_atomic
     from rotplugin.equivariance import feature_pyramid
-    from rotplugin.io import image_to_tensor
+    from rotplugin.io import image_to_tensor, write_json_atomic
     from rotplugin.visualization import visualize_field_rotation
 
     config, checkpoint = args.config, args.checkpoint
@@ -182,8 +181,8 @@ def run(args):
     try:
         plots = visualize_field_rotation(
             pyramid.extract, x, pyramid.field_types, pyramid.strides, args.out_dir, args.angle, levels=args.levels,
-            fields=args.fields, combine=args.combine, max_stride=pyramid.max_stride, canvas=not args.no_canvas, fibre_interp=args.fibre_interp,
-            bgr=not to_rgb)
+            fields=args.fields, combine=args.combine, max_stride=pyramid.max_stride, canvas=not args.no_canvas,
+            fibre_interp=args.fibre_interp, bgr=not to_rgb)
     except ValueError as err:
         raise ToolError(str(err)) from None
     for lvl in sorted(plots.errors):

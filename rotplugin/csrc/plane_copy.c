@@ -25,7 +25,7 @@ typedef struct {
     const int64_t *row;      /* [rows]: source row of each output row */
     const uint8_t *neg;      /* [planes] or NULL: flip the sign of this plane */
     int64_t first, last;     /* output planes [first, last) */
-    int64_t rows, width, src_plane_elems, elem_size;
+    int64_t rows, width, elem_size;    /* source and output planes are both rows x width */
     int reverse;
 } job_t;
 
@@ -126,12 +126,12 @@ typedef uint64_t v4u8 __attribute__((vector_size(32)));
     MULTI_TARGET static void copy_planes_##T(const job_t *j) {                                         \
         const T *src = (const T *)j->src;                                                              \
         T *dst = (T *)j->dst;                                                                          \
-        const int64_t rows = j->rows, width = j->width, src_plane = j->src_plane_elems;                \
+        const int64_t rows = j->rows, width = j->width, src_plane = rows * width;                      \
         const int64_t first = j->first, last = j->last;                                                \
         const int64_t *plane_of = j->plane, *row_of = j->row;                                          \
         const uint8_t *neg = j->neg;                                                                   \
         const int reverse = j->reverse;                                                                \
-        int whole = rows * width == src_plane;                                                         \
+        int whole = 1;                                                                                 \
         for (int64_t r = 0; whole && r < rows; ++r) whole = row_of[r] == (reverse ? rows - 1 - r : r); \
         const int64_t w = whole ? rows * width : width, runs = whole ? 1 : rows;                       \
         for (int64_t p = first; p < last; ++p) {                                                       \
@@ -174,16 +174,16 @@ static void *run_job(void *arg) {
 
 static PyObject *copy_planes(PyObject *self, PyObject *args) {
     unsigned long long src, dst, plane, row, neg;
-    long long planes, rows, width, src_plane_elems, elem_size;
+    long long planes, rows, width, elem_size;
     int reverse, threads;
-    if (!PyArg_ParseTuple(args, "KKKKKLLLLLpi", &src, &dst, &plane, &row, &neg, &planes, &rows, &width,
-                          &src_plane_elems, &elem_size, &reverse, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKKLLLLpi", &src, &dst, &plane, &row, &neg, &planes, &rows, &width,
+                          &elem_size, &reverse, &threads))
         return NULL;
     if (elem_size != 2 && elem_size != 4 && elem_size != 8) {
         PyErr_Format(PyExc_ValueError, "copy_planes: element size must be 2, 4 or 8 bytes, got %lld", elem_size);
         return NULL;
     }
-    if (planes < 0 || rows < 0 || width < 0 || src_plane_elems < 0) {
+    if (planes < 0 || rows < 0 || width < 0) {
         PyErr_SetString(PyExc_ValueError, "copy_planes: negative size");
         return NULL;
     }
@@ -204,7 +204,6 @@ static PyObject *copy_planes(PyObject *self, PyObject *args) {
         j->last = planes * (t + 1) / threads;
         j->rows = rows;
         j->width = width;
-        j->src_plane_elems = src_plane_elems;
         j->elem_size = elem_size;
         j->reverse = reverse;
         started[t] = 0;
@@ -223,9 +222,10 @@ static PyObject *copy_planes(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"copy_planes", copy_planes, METH_VARARGS,
-     "copy_planes(src, dst, plane, row, neg, planes, rows, width, src_plane_elems, elem_size, reverse, threads)\n"
-     "Addresses (int) of contiguous buffers: output plane p, row r = source plane plane[p], row row[r], reversed "
-     "if reverse, sign bit flipped if neg (0 for none) and neg[p]. Unchecked: the caller validates."},
+     "copy_planes(src, dst, plane, row, neg, planes, rows, width, elem_size, reverse, threads)\n"
+     "Addresses (int) of contiguous buffers of rows x width planes: output plane p, row r = source plane "
+     "plane[p], row row[r], reversed if reverse, sign bit flipped if neg (0 for none) and neg[p]. Unchecked: the "
+     "caller validates."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plane_copy",
