@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from rotplugin.fields import rotate_points, rotated_canvas_size
+from rotplugin.canvas import rotate_points, rotated_canvas_size
 
 __all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "circumscribed_half_sizes",
            "match_detections"]
@@ -47,7 +47,7 @@ def _check_boxes(boxes: torch.Tensor) -> torch.Tensor:
 def rotate_rboxes(boxes: torch.Tensor, angle: float, canvas_size: Sequence[int], flip: bool = False) -> torch.Tensor:
     """Boxes of an image on the canvas ``canvas_size = (H, W)`` → the same boxes in the image rotated by ``angle``
     degrees about the canvas centre (mirrored first when ``flip``), on the rotated canvas
-    (:func:`rotplugin.fields.rotated_canvas_size`)."""
+    (:func:`rotplugin.canvas.rotated_canvas_size`)."""
     boxes = _check_boxes(boxes)
     out = boxes.clone()
     out[:, :2] = rotate_points(boxes[:, :2], angle, canvas_size, flip=flip, order="xy")

@@ -22,11 +22,23 @@ __all__ = ["max_relative_error", "l2_relative_error", "pad_image", "Equivariance
 @dataclass(frozen=True)
 class FeaturePyramid:
     """What a model's feature extractor produces: ``extract(images) -> maps``, one field type and stride per map,
-    and the largest stride (the canvas must be ``≡ 1`` modulo it)."""
+    and the largest stride (the canvas must be ``≡ 1`` modulo it). ``modules``: the modules whose parameters make
+    the features (for ``.to(dtype)`` / ``.eval()``), when known."""
     extract: Callable[[torch.Tensor], Sequence[torch.Tensor]]
     field_types: List
     strides: List[int]
     max_stride: int
+    modules: Tuple = ()
+
+    @classmethod
+    def of_modules(cls, backbone, neck=None) -> "FeaturePyramid":
+        """The pyramid of ``neck(backbone(x))`` (or of ``backbone(x)`` without a neck): the fields, strides and
+        largest stride the last module declares (``out_field_types``, ``out_strides``, ``max_stride``)."""
+        last = neck if neck is not None else backbone
+        extract = backbone if neck is None else (lambda x: neck(backbone(x)))
+        return cls(extract, list(last.out_field_types), [int(s) for s in last.out_strides],
+                   int(getattr(last, "max_stride", max(last.out_strides))),
+                   tuple(m for m in (backbone, neck) if m is not None))
 
 
 def feature_pyramid(model, purpose: str = "rotating its features") -> FeaturePyramid:
@@ -34,7 +46,10 @@ def feature_pyramid(model, purpose: str = "rotating its features") -> FeaturePyr
     or its backbone's without a neck) or of a bare module that declares its own (``EquivariantResNet``,
     ``EquivariantFPN``, a function with these attributes): ``out_field_types``, ``out_strides`` and optionally
     ``max_stride`` (default: the largest stride). ``ValueError`` naming the module and ``purpose`` when the module
-    that produces the features does not declare them (e.g. mmdet's plain FPN after an equivariant backbone)."""
+    that produces the features does not declare them (e.g. mmdet's plain FPN after an equivariant backbone). A
+    :class:`FeaturePyramid` is returned as it is."""
+    if isinstance(model, FeaturePyramid):
+        return model
     neck = getattr(model, "neck", None) if getattr(model, "with_neck", True) else None
     backbone = getattr(model, "backbone", None)
     if hasattr(model, "extract_feat") and (neck is not None or backbone is not None):
@@ -81,7 +96,7 @@ def l2_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-METRICS = {"max": max_relative_error, "l2": l2_relative_error}
+ERROR_METRICS = {"max": max_relative_error, "l2": l2_relative_error}
 
 
 @dataclass
@@ -123,8 +138,8 @@ def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]]
     stride (interpolating where that centre is fractional). ``metric``: ``"max"`` (:func:`max_relative_error`) or
     ``"l2"`` (:func:`l2_relative_error`).
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if metric not in ERROR_METRICS:
+        raise ValueError(f"metric must be one of {sorted(ERROR_METRICS)}, got {metric!r}")
     if image.dim() != 4:
         raise ValueError(f"image must be a (B, C, H, W) batch, got shape {tuple(image.shape)}")
     canvas = tuple(image.shape[-2:])
@@ -144,6 +159,6 @@ def measure_equivariance(model: Callable[[torch.Tensor], Sequence[torch.Tensor]]
                 kw = {} if map_centred else {"stride": s, "canvas_size": canvas}
                 actual = rotate_fields(f, ft, angle, flip=flip, fibre_interp=fibre_interp,
                                        out_size=tuple(e.shape[-2:]), **kw)
-                errs.append(METRICS[metric](actual, e))
+                errs.append(ERROR_METRICS[metric](actual, e))
             report.errors[(float(angle), bool(flip))] = errs
     return report

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Dict
 
 from mmengine.logging import MMLogger
+from mmrotate.evaluation.functional import eval_rbbox_map, mean_ap
 from mmrotate.evaluation.metrics import DOTAMetric
 
 from rotplugin.registry import METRICS
@@ -61,8 +62,6 @@ class _SerialContext:
 def in_process_pool():
     """While the block runs, mmrotate's ``eval_rbbox_map`` matches detections in this process instead of a spawn
     pool (it takes its pool from ``multiprocessing.get_context`` looked up in its own module)."""
-    from mmrotate.evaluation.functional import mean_ap
-
     saved = getattr(mean_ap, "get_context", None)
     if saved is None:  # another mmrotate layout: leave it alone, it uses whatever pool it has
         yield
@@ -113,8 +112,6 @@ class DOTAClassAPMetric(DOTAMetric):
     def compute_metrics(self, results: list) -> dict:
         if self.merge_patches or self.format_only:
             return super().compute_metrics(results)
-        from mmrotate.evaluation.functional import eval_rbbox_map
-
         gts, preds = zip(*results)
         dets = [pred["pred_bbox_scores"] for pred in preds]
         classes = list(self.dataset_meta["classes"])

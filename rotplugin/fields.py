@@ -6,8 +6,8 @@ centre (spatial part) and every field's channels are mixed by its representation
 
 Conventions
 -----------
-Pixel / feature coordinates ``(y, x)``, the feature grid of a stride, the canvas and its centre, and the sign of
-angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch.rot90(x, 1, dims=(-2, -1))``,
+Pixel / feature coordinates ``(y, x)``, the feature grid of a stride, the canvas and its centre, the sign of angles,
+the mirror and the point map of a rotation are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch.rot90(x, 1, dims=(-2, -1))``,
 ``(y, x) -> (-x, y)`` relative to the centre for +90°). What this module adds:
 
 * **Channels.** The channels of a ``(B, C, h, w)`` tensor are the fields of an escnn ``FieldType`` in escnn's layout:
@@ -24,8 +24,8 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
   (tests/test_fields.py checks this for every element of C4, C8, D4, D8 and field kind). For a regular field of
   ``C_N`` (channels ``f_0 .. f_{N-1}``, one per orientation) the rotation ``r^k`` is a cyclic shift of the channels by
   ``+k``: ``f'_j = f_{j-k mod N}`` (``torch.roll(f, k, dim=1)`` within the field).
-* **Rotated canvas.** For odd multiples of 90° the canvas ``(H, W)`` becomes ``(W, H)`` (so the map's ``h, w`` swap);
-  for every other angle the canvas is kept and what leaves it is lost (zeros come in).
+* **Rotated canvas.** :func:`rotplugin.canvas.rotated_canvas_size` (odd quarter turns swap the map's ``h, w``); for
+  other angles what leaves the canvas is lost (zeros come in).
 * **Memory.** Exact quarter turns are index operations; odd ones return a transposed, non-contiguous tensor (as
   ``torch.rot90`` does) to save a copy. Results never alias the input. On CPU, without autograd, they are one pass
   of a small C row copier (``rotplugin._plane_copy``, built by setup.py; torch operations where it is absent).
@@ -39,15 +39,13 @@ angles are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch
 
 Between two orientation steps ``ρ(θ)`` is not defined by the group; ``fibre_interp`` picks a rule (see
 :func:`fibre_operator`). Public pieces: :func:`rotate_fields` (spatial + fibre), :func:`rotate_grid` (spatial only),
-:func:`fibre_operator` (fibre only), :func:`rotation_matrix_and_offset` / :func:`rotate_points` (the point map, for
-boxes), :func:`rotated_canvas_size`, :func:`rotate_pyramid` and :class:`FieldRotation`.
+:func:`fibre_operator` (fibre only), :func:`rotate_pyramid` and :class:`FieldRotation`.
 """
 from __future__ import annotations
 
 import math
-import numbers
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -57,7 +55,8 @@ from escnn import gspaces
 from escnn.group import CyclicGroup, DihedralGroup
 from escnn.nn import FieldType
 
-from .canvas import _check_stride, _is_int, canvas_centre, feature_size
+from .canvas import (_ANGLE_TOL, AngleLike, _batch_angles, _check_canvas, _check_stride, _feature_side, _quarter_turns,
+                     _scalar_angle, rotated_canvas_size, rotation_matrix_and_offset)
 
 try:        # optional (setup.py builds it): without it, exact quarter turns take torch's flip and index_select
     from . import _plane_copy
@@ -71,24 +70,18 @@ __all__ = [
     "fibre_operator",
     "FibreOperator",
     "FieldRotation",
-    "rotation_matrix_and_offset",
-    "rotate_points",
-    "rotated_canvas_size",
     "group_of",
     "FIBRE_INTERP_RULES",
 ]
 
 FIBRE_INTERP_RULES = (None, "linear", "fourier")
 
-_ANGLE_TOL = 1e-9      # degrees: an angle this close to a multiple counts as that multiple
 _INT_TOL = 1e-9        # feature pixels: an offset this close to an integer counts as integral
 _MAT_TOL = 1e-9        # matrix entries this close to 0 / ±1 are snapped
 _CACHE_SIZE = 512
 # Exact quarter turns of CPU tensors are one pass of the C row copier (rotplugin/csrc/plane_copy.c, built by
 # setup.py) when it is built; it runs on up to torch.get_num_threads() threads, one per this many bytes of map.
 _COPY_BYTES_PER_THREAD = 1 << 20
-
-AngleLike = Union[float, int, torch.Tensor, np.ndarray, Sequence[float]]
 
 
 class _LRU(OrderedDict):
@@ -109,148 +102,6 @@ class _LRU(OrderedDict):
             if len(self) > self.maxsize:
                 self.popitem(last=False)
             return value
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# angles
-# ----------------------------------------------------------------------------------------------------------------
-
-def _scalar_angle(angle) -> float:
-    if isinstance(angle, torch.Tensor):
-        if angle.numel() != 1:
-            raise ValueError(f"expected one angle, got a tensor of shape {tuple(angle.shape)}")
-        angle = angle.item()
-    if isinstance(angle, np.ndarray):
-        if angle.size != 1:
-            raise ValueError(f"expected one angle, got an array of shape {angle.shape}")
-        angle = angle.item()
-    if isinstance(angle, bool) or not isinstance(angle, numbers.Real):
-        raise TypeError(f"angle must be a real number of degrees, got {angle!r} ({type(angle).__name__})")
-    a = float(angle)
-    if not math.isfinite(a):
-        raise ValueError(f"angle must be finite, got {angle!r}")
-    return a
-
-
-def _batch_angles(angle: AngleLike, batch: Optional[int]):
-    """A float for one angle, or a list of ``batch`` floats for a 1-D tensor / array / sequence of angles."""
-    if isinstance(angle, torch.Tensor):
-        if angle.dim() == 0:
-            return _scalar_angle(angle)
-        if angle.dim() != 1:
-            raise ValueError(f"batched angles must be a 1-D tensor, got shape {tuple(angle.shape)}")
-        values = [float(v) for v in angle.detach().cpu().double().tolist()]
-    elif isinstance(angle, np.ndarray):
-        if angle.ndim == 0:
-            return _scalar_angle(angle)
-        if angle.ndim != 1:
-            raise ValueError(f"batched angles must be 1-D, got shape {angle.shape}")
-        values = [_scalar_angle(v) for v in angle.tolist()]
-    elif isinstance(angle, (list, tuple)):
-        values = [_scalar_angle(v) for v in angle]
-    else:
-        return _scalar_angle(angle)
-    for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"angles must be finite, got {values}")
-    if batch is not None and len(values) != batch:
-        raise ValueError(f"got {len(values)} angles for a batch of {batch} samples")
-    return values
-
-
-def _quarter_turns(angle: float) -> Optional[int]:
-    """``k`` in 0..3 when ``angle`` is ``90k`` degrees modulo 360 (within tolerance), else ``None``."""
-    q = round(angle / 90.0)
-    if abs(angle - 90.0 * q) <= _ANGLE_TOL:
-        return int(q) % 4
-    return None
-
-
-def _cos_sin(angle: float) -> Tuple[float, float]:
-    """cos / sin of ``angle`` degrees, exact (0, ±1) at multiples of 90°."""
-    k = _quarter_turns(angle)
-    if k is not None:
-        return ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))[k]
-    t = math.radians(angle)
-    return math.cos(t), math.sin(t)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the point map
-# ----------------------------------------------------------------------------------------------------------------
-
-def _check_canvas(canvas_size) -> Tuple[int, int]:
-    try:
-        h, w = canvas_size
-    except (TypeError, ValueError):
-        raise ValueError(f"canvas_size must be (H, W), got {canvas_size!r}") from None
-    for n in (h, w):
-        if not _is_int(n) or int(n) < 1:
-            raise ValueError(f"canvas_size must be two positive integers, got {canvas_size!r}")
-    return int(h), int(w)
-
-
-def rotated_canvas_size(canvas_size: Sequence[int], angle: float) -> Tuple[int, int]:
-    """The canvas after rotating by ``angle`` degrees: ``(W, H)`` for odd multiples of 90°, else ``(H, W)``."""
-    h, w = _check_canvas(canvas_size)
-    k = _quarter_turns(_scalar_angle(angle))
-    return (w, h) if k in (1, 3) else (h, w)
-
-
-def _feature_side(n: int, stride: int) -> int:
-    if stride & (stride - 1) == 0:
-        return feature_size(n, stride)
-    return (n - 1) // stride + 1        # the same closed form, for strides canvas.feature_size does not take
-
-
-def rotation_matrix_and_offset(angle: float, canvas_size: Sequence[int], *, stride: int = 1,
-                               flip: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """The point map of the rotation: ``p_out = A @ p_in + t``.
-
-    Points are ``(y, x)`` (row, column) in the coordinates of a stride-``stride`` feature map (image pixels for
-    ``stride=1``) of the canvas ``canvas_size = (H, W)`` before, and of :func:`rotated_canvas_size` after, the
-    rotation (see :mod:`rotplugin.canvas`). ``A = R(angle) @ M`` with ``R(θ) = [[cos θ, -sin θ], [sin θ, cos θ]]``
-    acting on ``(y, x)`` and ``M = diag(1, -1)`` (mirror ``x -> -x``) when ``flip`` else the identity;
-    ``t = c_out - A @ c_in`` with ``c`` the canvas centres. Exact (integer ``A``) at multiples of 90°.
-
-    Returns ``(A, t)``: float64 arrays of shapes (2, 2) and (2,).
-    """
-    stride = _check_stride(stride)
-    h, w = _check_canvas(canvas_size)
-    angle = _scalar_angle(angle)
-    c, s = _cos_sin(angle)
-    a = np.array([[c, -s], [s, c]], dtype=np.float64)
-    if flip:
-        a = a @ np.diag([1.0, -1.0])
-    c_in = np.array(canvas_centre((h, w), stride), dtype=np.float64)
-    c_out = np.array(canvas_centre(rotated_canvas_size((h, w), angle), stride), dtype=np.float64)
-    return a, c_out - a @ c_in
-
-
-def rotate_points(points, angle: float, canvas_size: Sequence[int], *, stride: int = 1, flip: bool = False,
-                  order: str = "yx"):
-    """Map points of the canvas to the rotated canvas (see :func:`rotation_matrix_and_offset`).
-
-    ``points``: array or tensor of shape ``(..., 2)``; ``order`` is ``"yx"`` (default, the module's convention) or
-    ``"xy"`` (e.g. box centres in (x, y) order); the result has the same type, order, dtype and device.
-    """
-    if order not in ("yx", "xy"):
-        raise ValueError(f"order must be 'yx' or 'xy', got {order!r}")
-    a, t = rotation_matrix_and_offset(angle, canvas_size, stride=stride, flip=flip)
-    if order == "xy":
-        a, t = a[::-1, ::-1].copy(), t[::-1].copy()
-    if isinstance(points, torch.Tensor):
-        if points.shape[-1:] != (2,):
-            raise ValueError(f"points must have shape (..., 2), got {tuple(points.shape)}")
-        dt = points.dtype if points.is_floating_point() else torch.float64
-        at = torch.as_tensor(a, dtype=dt, device=points.device)
-        tt = torch.as_tensor(t, dtype=dt, device=points.device)
-        return points.to(dt) @ at.T + tt
-    p = np.asarray(points)
-    if p.shape[-1:] != (2,):
-        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
-    out = p.astype(np.float64) @ a.T + t
-    return out.astype(p.dtype) if np.issubdtype(p.dtype, np.floating) else out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Small helpers shared by the tools (no mm* imports): atomic writes, resumable JSON result files, and an image as
-network input."""
+"""Small helpers shared by the tools (no mm* imports): atomic writes, resumable JSON result files, loading an image
+and turning it into network input."""
 from __future__ import annotations
 
 import json
@@ -10,17 +10,55 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 __all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "ResumableResults", "DOTA_MEAN", "DOTA_STD",
-           "image_to_tensor"]
+           "image_to_tensor", "load_image"]
 
 # mmrotate's DOTA configs normalise images by ImageNet's mean and std (RGB order, 0-255 scale)
 DOTA_MEAN = (123.675, 116.28, 103.53)
 DOTA_STD = (58.395, 57.12, 57.375)
 
 
+def load_image(path, size=None, seed: int = 0):
+    """``(BGR uint8 (H, W, 3) image, description)`` of the image file ``path``, or, for ``path=None``, of a
+    synthetic aerial scene (:func:`rotplugin.data.dota_synth.render_scene`, ``seed``; 256² unless ``size`` says).
+
+    ``size``: ``None`` keeps the size; an int resizes the longer side to it (aspect kept); ``(h, w)`` resizes to
+    exactly that. A missing or unreadable file raises ``FileNotFoundError`` / ``ValueError`` naming it."""
+    import cv2           # OpenCV and numpy only when an image is loaded: the writers above need neither
+    import numpy as np
+
+    if size is not None and not (isinstance(size, int) and size > 0) and not (
+            isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)):
+        raise ValueError(f"size must be None, a positive int (longer side) or (h, w), got {size!r}")
+    if path is None:
+        from rotplugin.data.dota_synth import render_scene   # the scene generator only when it is used
+
+        side = size if isinstance(size, int) else 256
+        img, _ = render_scene(np.random.default_rng(seed), side)
+        what = f"synthetic scene (rotplugin.data.dota_synth.render_scene, seed {seed})"
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file not found: {path}")
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"could not read image {path} (not an image OpenCV can decode)")
+        what = str(path)
+    h, w = img.shape[:2]
+    if isinstance(size, int):
+        scale = size / max(h, w)
+        target = (max(1, round(h * scale)), max(1, round(w * scale)))
+    else:
+        target = tuple(size) if size is not None else (h, w)
+    if target != (h, w):
+        shrink = target[0] * target[1] < h * w
+        img = cv2.resize(img, (target[1], target[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        what += f", resized to {target[1]}x{target[0]}"
+    return img, what
+
+
 def image_to_tensor(img, mean=DOTA_MEAN, std=DOTA_STD, bgr_to_rgb: bool = True):
     """A ``(1, 3, H, W)`` float32 network input from an ``(H, W, 3)`` uint8 image: channels reversed first when
     ``bgr_to_rgb`` (cv2 reads BGR; mmdet's data preprocessor does the same), then ``(img - mean) / std``."""
-    import numpy as np
+    import numpy as np   # numpy and torch only for network input: the writers above need neither
     import torch
 
     img = np.asarray(img)

@@ -3,19 +3,38 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from contextlib import contextmanager
+from typing import Optional
 
+import torch
 from mmengine.config import Config, DictAction
 
-__all__ = ["load_config", "shrink_detector_config", "add_runner_args", "runner_config", "trusted_checkpoints"]
+from rotplugin.equivariance import FeaturePyramid
+from rotplugin.mm import register_all_modules
+from rotplugin.models import EquivariantFPN, EquivariantResNet
+
+__all__ = ["load_config", "shrink_detector_config", "add_runner_args", "runner_config", "random_backbone_neck"]
 
 
 def load_config(path: str) -> Config:
-    """``Config.fromfile`` (resolving ``mmrotate::`` bases) with mmrotate's modules registered."""
-    from mmrotate.utils import register_all_modules
-
+    """``Config.fromfile`` (resolving ``mmrotate::`` bases) with mmrotate's and rotplugin's modules registered."""
     register_all_modules(init_default_scope=True)
     return Config.fromfile(path)
+
+
+def random_backbone_neck(depth: int = 50, orientation: int = 8, flip: bool = False, width: int = 64,
+                         neck_channels: Optional[int] = 256, seed: Optional[int] = None) -> FeaturePyramid:
+    """A randomly initialised ``EquivariantResNet`` (``width`` stem/base channels) + ``EquivariantFPN``
+    (``neck_channels`` outputs, P3-P7 with convolutions on the input, as the shipped configs; ``None``: no neck)
+    in eval mode, as a :class:`~rotplugin.equivariance.FeaturePyramid`; ``seed`` seeds torch first."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    backbone = EquivariantResNet(depth=depth, orientation=orientation, flip=flip, stem_channels=width,
+                                 base_channels=width).eval()
+    neck = None
+    if neck_channels is not None:
+        neck = EquivariantFPN(in_channels=backbone.out_channels, out_channels=neck_channels, num_outs=5,
+                              orientation=orientation, flip=flip, start_level=1, add_extra_convs="on_input").eval()
+    return FeaturePyramid.of_modules(backbone, neck)
 
 
 def add_runner_args(parser) -> None:
@@ -37,27 +56,6 @@ def runner_config(args) -> Config:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "work_dirs", osp.splitext(osp.basename(args.config))[0])
     return cfg
-
-
-@contextmanager
-def trusted_checkpoints():
-    """Let ``torch.load`` unpickle mmengine's own checkpoints while the block runs.
-
-    torch >= 2.6 loads with ``weights_only=True`` by default, and the checkpoints an mmengine Runner writes carry
-    its message hub (``HistoryBuffer``, numpy arrays): ``--resume`` and ``load_from`` of such files fail with
-    "Weights only load failed". The train/test tools load files the user names on the command line, so they trust
-    them (as mmengine did before torch 2.6); the setting is restored afterwards.
-    """
-    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    previous = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
 
 
 def shrink_detector_config(cfg: Config, depth: int = 18, orientation: int = 4, width: int = 16,

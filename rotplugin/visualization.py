@@ -49,10 +49,16 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
+from escnn.nn import FieldType
+
+from rotplugin.boxes import rbox_to_polygon
+from rotplugin.equivariance import feature_pyramid, max_relative_error, pad_image
+from rotplugin.fields import fibre_operator, group_of, rotate_grid, rotate_pyramid
 
 __all__ = [
     "orientation_channels",
@@ -71,6 +77,9 @@ __all__ = [
     "FieldRotationPlots",
     "draw_rboxes",
     "label_colour",
+    "detection_panel",
+    "class_legend",
+    "detection_comparison",
 ]
 
 COMBINE_MODES = ("sum", "max")
@@ -83,7 +92,6 @@ COMBINE_MODES = ("sum", "max")
 def _rotation_order(field_type) -> int:
     """N of the field type's group (C_N or D_N, checked by :func:`rotplugin.fields.group_of`); ValueError when it
     has no rotation of order > 1."""
-    from rotplugin.fields import group_of
 
     n, _ = group_of(field_type)
     if n < 2:
@@ -100,7 +108,6 @@ def orientation_channels(field_type) -> List[np.ndarray]:
     Raises ``ValueError`` naming the field when a field is not a regular field (its rotation is not a permutation
     made of cycles of length N), e.g. trivial or irrep fields.
     """
-    from rotplugin.fields import fibre_operator
 
     n = _rotation_order(field_type)
     op = fibre_operator(field_type, 360.0 / n)
@@ -310,7 +317,7 @@ def difference_map(actual: torch.Tensor, expected: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 def _new_figure(width: float, height: float, dpi: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib (~0.5 s) only when a figure is drawn
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
@@ -420,14 +427,20 @@ class FieldRotationPlots:
     pictures: Dict[int, Dict[str, np.ndarray]] = field(default_factory=dict)  # level -> the panels drawn
     orientation: Dict[int, Dict[str, torch.Tensor]] = field(default_factory=dict)  # level -> z of each picture
 
+    def summary(self, out_dir: str, **extra) -> dict:
+        """What ``fields.json`` holds: angle, canvas, the error per level, the pictures relative to ``out_dir``,
+        and ``extra`` (e.g. the model and image descriptions)."""
+        return dict(extra, angle=self.angle, canvas_shape=list(self.canvas_shape),
+                    levels=[{"level": lvl, "stride": self.strides[lvl], "max_relative_error": self.errors[lvl]}
+                            for lvl in sorted(self.errors)],
+                    files=[os.path.relpath(p, out_dir) for p in self.paths])
+
 
 def visualize_detector_fields(model, image: torch.Tensor, out_dir: str, angle: float = 90.0,
                               **kwargs) -> FieldRotationPlots:
     """:func:`visualize_field_rotation` of a detector (or backbone / neck module), with the extractor, field types,
     strides and largest stride of :func:`rotplugin.equivariance.feature_pyramid`. ``model`` must be in eval mode;
     ``kwargs`` go to :func:`visualize_field_rotation` (``levels``, ``fields``, ``prefix``, ...)."""
-    from rotplugin.equivariance import feature_pyramid
-
     pyramid = feature_pyramid(model, "drawing its fields")
     kwargs.setdefault("max_stride", pyramid.max_stride)
     return visualize_field_rotation(pyramid.extract, image, pyramid.field_types, pyramid.strides, out_dir, angle,
@@ -473,10 +486,7 @@ def visualize_field_rotation(model: Optional[Callable[[torch.Tensor], Sequence[t
     ``{prefix}level{l}_s{stride}_channels.png`` (rows F(I), F(rot I), rotate(F(I)) of every field in ``fields``).
     Returns a :class:`FieldRotationPlots`.
     """
-    from escnn.nn import FieldType
 
-    from rotplugin.equivariance import max_relative_error, pad_image
-    from rotplugin.fields import rotate_grid, rotate_pyramid
 
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -590,9 +600,6 @@ def draw_rboxes(image: np.ndarray, boxes, labels=None, scores=None, class_names:
     ``scores`` ``(n,)``: boxes below ``score_thr`` are skipped. The text (``class_names[label]`` and/or score) sits
     above the box's top corner.
     """
-    import cv2
-
-    from rotplugin.boxes import rbox_to_polygon
 
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be a BGR uint8 (H, W, 3) array, got "
@@ -647,3 +654,34 @@ def draw_rboxes(image: np.ndarray, boxes, labels=None, scores=None, class_names:
         cv2.rectangle(out, (x0, y0 - th - base), (x0 + tw, y0), c, -1)
         cv2.putText(out, text, (x0, y0 - base // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
+
+
+def detection_panel(image: np.ndarray, gt_boxes, pred_boxes, labels, scores, class_names: Sequence[str],
+                    title: str, score_thr: float = 0.3) -> np.ndarray:
+    """One panel: ground truth in white, the detections with ``score >= score_thr`` in their class colours (no
+    text), and a white title bar with ``title`` and the number of boxes drawn."""
+    keep = torch.as_tensor(scores).detach().cpu() >= score_thr
+    pred_boxes, labels = torch.as_tensor(pred_boxes).cpu()[keep], torch.as_tensor(labels).cpu()[keep]
+    pic = draw_rboxes(image, gt_boxes, colour=(255, 255, 255), thickness=1, show_text=False)
+    pic = draw_rboxes(pic, pred_boxes, labels, None, class_names, thickness=1, show_text=False)
+    pic = cv2.copyMakeBorder(pic, 22, 0, 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    cv2.putText(pic, f"{title}: {int(keep.sum())} boxes", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return pic
+
+
+def class_legend(class_names: Sequence[str], width: int, height: int = 20) -> np.ndarray:
+    """A white strip ``(height, width, 3)`` with a colour swatch (:func:`label_colour`) and the name of each class."""
+    legend = np.full((height, width, 3), 255, np.uint8)
+    x = 4
+    for label, name in enumerate(class_names):
+        cv2.rectangle(legend, (x, 5), (x + 10, 15), label_colour(label), -1)
+        cv2.putText(legend, name, (x + 14, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 22 + 8 * len(name)
+    return legend
+
+
+def detection_comparison(panels: Sequence[np.ndarray], class_names: Sequence[str]) -> np.ndarray:
+    """Panels of equal height side by side, with the class legend below."""
+    picture = np.concatenate(list(panels), axis=1)
+    return np.concatenate([picture, class_legend(class_names, picture.shape[1])], axis=0)

@@ -1,18 +1,33 @@
 """Shared test helpers: the real DOTA samples beside the project (../shared), seeded weights for the Runner-based
 tools, data loaders over DOTA-format dirs, and random rotated boxes."""
+import importlib.util
 import math
-import os
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from rotplugin.apis.demo import SAMPLE_IMAGE
+
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 
 ROOT = Path(__file__).resolve().parents[1]
-DOTA_SAMPLES = ROOT.parent / "shared" / "data" / "dota_samples"
-DEMO_JPG = DOTA_SAMPLES / "images" / "demo.jpg"
+DEMO_JPG = (ROOT / SAMPLE_IMAGE).resolve()          # the real DOTA samples beside the project (../shared)
+DOTA_SAMPLES = DEMO_JPG.parents[1]
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (the tools are plain scripts, not a package): loaded by path once, under
+    the module name ``tool_<name>``."""
+    key = f"tool_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def require_file(path: Path) -> Path:

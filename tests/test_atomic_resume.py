@@ -4,9 +4,11 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import load_tool
 from rotplugin.io import ResumableResults, write_json_atomic, write_pickle_atomic
 
 
@@ -74,7 +76,7 @@ def test_resumable_results(tmp_path):
 
 
 def test_benchmark_tta_resumes(tmp_path, monkeypatch, capsys, tool_state):
-    import tools.benchmark_tta as bench
+    bench = load_tool("benchmark_tta")
 
     calls = []
 
@@ -120,8 +122,8 @@ def test_benchmark_tta_resumes(tmp_path, monkeypatch, capsys, tool_state):
 
 
 def test_check_equivariance_resumes(tmp_path, monkeypatch, capsys, tool_state):
-    import rotplugin.equivariance as eq
-    import tools.check_equivariance as check
+    from rotplugin.equivariance import FeaturePyramid
+    check = load_tool("check_equivariance")
 
     built, measured = [], []
 
@@ -138,11 +140,11 @@ def test_check_equivariance_resumes(tmp_path, monkeypatch, capsys, tool_state):
 
     def build(args):
         built.append(args.depth)
-        return (lambda x: [x]), [None], [1], 4
+        return FeaturePyramid(lambda x: [x], [None], [1], 4)
 
     monkeypatch.setattr(check, "build_from_args", build)
-    monkeypatch.setattr(eq, "measure_equivariance", measure)
-    monkeypatch.setattr(check, "load_image", lambda path, size, seed=0: (torch.zeros(1, 3, 8, 8), "fake"))
+    monkeypatch.setattr(check, "measure_equivariance", measure)
+    monkeypatch.setattr(check, "load_image", lambda path, size, seed=0: (np.zeros((8, 8, 3), np.uint8), "fake"))
     out = str(tmp_path / "eq.json")
     check.main(["--json", out, "--size", "8"])
     assert len(built) == 1 and len(measured) == 2
@@ -156,7 +158,7 @@ def test_check_equivariance_resumes(tmp_path, monkeypatch, capsys, tool_state):
 
 
 def test_benchmark_rotation_resumes(tmp_path, monkeypatch, capsys, tool_state):
-    import tools.benchmark_rotation as bench
+    bench = load_tool("benchmark_rotation")
 
     calls = []
 

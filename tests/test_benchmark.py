@@ -1,4 +1,4 @@
-"""tools/benchmark.py / rotplugin.engine.benchmark: no TTA, image TTA, feature TTA on a tiny synthetic DOTA set;
+"""tools/benchmark.py / rotplugin.apis.benchmark: no TTA, image TTA, feature TTA on a tiny synthetic DOTA set;
 the JSON, the PNG, resuming, bad inputs; DOTAClassAPMetric's per-class AP."""
 import json
 import shutil
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, save_config_and_random_weights
+from conftest import ROOT, load_tool, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 ENTRY_KEYS = {"mAP", "per_class_AP", "num_gts", "sec_per_img", "time_split", "num_images", "config", "checkpoint",
@@ -41,8 +41,8 @@ def _read(path):
 
 def test_tool_table_json_png_and_resume(setup, capsys):
     import cv2
-    from rotplugin.engine.benchmark import run_benchmark
-    from tools.benchmark import main
+    from rotplugin.apis.benchmark import run_benchmark
+    main = load_tool("benchmark").main
 
     tmp, config, ckpt = setup
     out = tmp / "out"
@@ -122,14 +122,13 @@ def test_plain_timed_model_is_the_detectors_prediction(setup):
     from mmengine.dataset import pseudo_collate
     from mmrotate.registry import DATASETS, MODELS
     from mmengine.runner import load_checkpoint
-    from rotplugin.engine.benchmark import PlainTimedModel, _with_annotations
-    from rotplugin.presets import load_config, trusted_checkpoints
+    from rotplugin.apis.benchmark import PlainTimedModel, _with_annotations
+    from rotplugin.presets import load_config
 
     tmp, config, ckpt = setup
     cfg = load_config(str(config))
     detector = MODELS.build(cfg.model)
-    with trusted_checkpoints():
-        load_checkpoint(detector, str(ckpt), map_location="cpu", strict=True, logger="silent")
+    load_checkpoint(detector, str(ckpt), map_location="cpu", strict=True, logger="silent")
     detector.eval()
     dataset = DATASETS.build(dict(type="DOTADataset", data_root=str(tmp / "data"), ann_file="labelTxt/",
                                   data_prefix=dict(img_path="images/"), test_mode=True,
@@ -150,9 +149,8 @@ def test_plain_timed_model_is_the_detectors_prediction(setup):
 
 
 def test_bad_inputs_are_refused_clearly(setup, tmp_path, monkeypatch):
-    from rotplugin.engine import benchmark
-    from rotplugin.engine.benchmark import run_benchmark
-    from tools.benchmark import main
+    from rotplugin.apis.benchmark import run_benchmark
+    main = load_tool("benchmark").main
 
     tmp, config, ckpt = setup
     data = str(tmp / "data")
@@ -186,7 +184,7 @@ def test_bad_inputs_are_refused_clearly(setup, tmp_path, monkeypatch):
     # the tool: CONFIG without CHECKPOINT; no argument before `make demo`
     with pytest.raises(SystemExit):
         main([str(config)])
-    monkeypatch.setattr(benchmark, "DEMO_CHECKPOINT", tmp_path / "missing" / "model.pth")
+    monkeypatch.setattr(load_tool("benchmark"), "DEMO_WORK_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="run `make demo` first"):
         main([])
 

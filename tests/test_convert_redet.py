@@ -5,6 +5,7 @@ conversion our escnn modules must give the same pyramid on a real DOTA image. De
 depth-50 (bottleneck) variant keep this file fast; the full-width ReResNet-50 + ReFPN (about 40 s to build in e2cnn on
 this machine) runs only with ``ROTPLUGIN_SLOW_TESTS=1`` (``test_full_width_redet_r50``).
 """
+import functools
 import os
 import sys
 import time
@@ -14,15 +15,24 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEMO_JPG
+from conftest import DEMO_JPG, load_tool
 
 warnings.filterwarnings("ignore", category=UserWarning)
 pytest.importorskip("e2cnn")
 
-from rotplugin.convert import RedetConversionError, convert_redet_state_dict, is_redet_state_dict  # noqa: E402
+import e2cnn.nn as e2nn  # noqa: E402
+from mmdet.models.backbones import ResNet  # noqa: E402
+from mmrotate.models.backbones.re_resnet import ReResNet  # noqa: E402
+from mmrotate.models.necks.re_fpn import ReFPN  # noqa: E402
+
+from rotplugin.convert import (ArchitectureMismatch, RedetConversionError, convert_redet_state_dict,  # noqa: E402
+                               infer_redet_architecture, is_redet_state_dict)
 from rotplugin.convert import redet as redet_mod  # noqa: E402
+from rotplugin.io import image_to_tensor, load_image  # noqa: E402
 from rotplugin.models import EquivariantFPN, EquivariantResNet  # noqa: E402
 from rotplugin.nn.field_layers import FieldConv  # noqa: E402
+
+convert_tool = load_tool("convert_redet_checkpoint")
 
 TOL_OUTPUT = 1e-4  # max|ours - ReDet| / max|ReDet| per pyramid level
 TOL_FILTER = 1e-5  # expanded filters, layer by layer
@@ -34,10 +44,6 @@ def rel(a, b):
 
 def build_redet(depth, width, neck_channels, seed):
     """mmrotate's e2cnn ReResNet + ReFPN (C8) with random weights, biases and batch-norm statistics."""
-    import e2cnn.nn as e2nn
-    from mmrotate.models.backbones.re_resnet import ReResNet
-    from mmrotate.models.necks.re_fpn import ReFPN
-
     torch.manual_seed(seed)
     backbone = ReResNet(depth=depth, stem_channels=width, base_channels=width, out_indices=(0, 1, 2, 3))
     neck = ReFPN([c for c in backbone_channels(depth, width)], neck_channels, num_outs=5)
@@ -80,34 +86,43 @@ def load_parts(converted, backbone, neck):
 
 @pytest.fixture(scope="module")
 def image():
-    from tools.check_equivariance import load_image
-
-    img, _ = load_image(DEMO_JPG if DEMO_JPG.exists() else None, 256)
-    return img
+    img, _ = load_image(str(DEMO_JPG) if DEMO_JPG.exists() else None, (256, 256))  # else a synthetic scene
+    return image_to_tensor(img)
 
 
 ARCHS = {"r18": (18, 64, 64), "r50-narrow": (50, 16, 32)}
 
 
+@functools.lru_cache(maxsize=None)
+def redet_case(name):
+    """The ReDet detector ``ARCHS[name]`` with its train-mode checkpoint, built once (every test shares it)."""
+    depth, width, neck_channels = ARCHS[name]
+    backbone, neck = build_redet(depth, width, neck_channels, seed=depth)
+    return dict(name=name, depth=depth, width=width, neck_channels=neck_channels, backbone=backbone,
+                neck=neck, train_ckpt=detector_state_dict(backbone, neck))
+
+
 @pytest.fixture(scope="module", params=list(ARCHS))
 def redet(request):
-    depth, width, neck_channels = ARCHS[request.param]
-    backbone, neck = build_redet(depth, width, neck_channels, seed=depth)
-    return dict(name=request.param, depth=depth, width=width, neck_channels=neck_channels, backbone=backbone,
-                neck=neck, train_ckpt=detector_state_dict(backbone, neck))
+    """Every architecture of ``ARCHS``; a test about one of them names it with
+    ``@pytest.mark.parametrize("redet", [name], indirect=True)``."""
+    return redet_case(request.param)
 
 
 @pytest.fixture(scope="module")
 def redet_outputs(redet, image):
-    backbone, neck = redet["backbone"], redet["neck"]
-    backbone.eval(), neck.eval()
-    with torch.no_grad():
-        feats = backbone(image)
-        outs = [t.detach().clone() for t in neck(feats)]
-        feats = [f.tensor.detach().clone() for f in feats]
-    redet["eval_ckpt"] = detector_state_dict(backbone, neck)
-    backbone.train(), neck.train()
-    return feats, outs
+    """ReDet's pyramid (C2..C5, P2..P6) on the image; also stores the eval-mode checkpoint in ``redet``."""
+    if "outputs" not in redet:
+        backbone, neck = redet["backbone"], redet["neck"]
+        backbone.eval(), neck.eval()
+        with torch.no_grad():
+            feats = backbone(image)
+            outs = [t.detach().clone() for t in neck(feats)]
+            feats = [f.tensor.detach().clone() for f in feats]
+        redet["eval_ckpt"] = detector_state_dict(backbone, neck)
+        backbone.train(), neck.train()
+        redet["outputs"] = (feats, outs)
+    return redet["outputs"]
 
 
 def compare(redet, converted, image, outputs, backbone=None, neck=None):
@@ -126,14 +141,15 @@ def convert_into(redet, sd, train_mode=False):
     """Convert into freshly built modules of ours (reused as the targets, no second build) and load."""
     backbone, neck = ours(redet["depth"], redet["width"], redet["neck_channels"])
     backbone.train(train_mode), neck.train(train_mode)
-    converted, report = convert_redet_state_dict(sd, backbone_module=backbone, neck_module=neck)
+    converted, report = convert_redet_state_dict(sd, backbone, neck)
     return converted, report, backbone, neck
 
 
 def test_train_mode_checkpoint_matches_redet(redet, redet_outputs, image):
-    if redet["name"] == "r18":  # building the targets from the architecture arguments
-        converted, report = convert_redet_state_dict(redet["train_ckpt"], depth=redet["depth"],
-                                                     stem_channels=redet["width"], base_channels=redet["width"])
+    if redet["name"] == "r18":  # targets built by factories from the architecture read off the checkpoint
+        converted, report = convert_redet_state_dict(redet["train_ckpt"], EquivariantResNet, EquivariantFPN)
+        arch = report.architecture["backbone"]
+        assert (arch["depth"], arch["stem_channels"], arch["base_channels"]) == (18, redet["width"], redet["width"])
         backbone = neck = None
     else:  # into given target modules
         converted, report, backbone, neck = convert_into(redet, redet["train_ckpt"])
@@ -159,9 +175,8 @@ def test_train_mode_checkpoint_matches_redet(redet, redet_outputs, image):
                     assert rel(b3, b2) < TOL_FILTER, path
 
 
-def test_eval_mode_and_filter_only_checkpoints(redet, redet_outputs, image):
-    """Eval-mode checkpoints carry e2cnn's expanded filters as buffers; with only those (no coefficients) the filters
-    are projected onto escnn's basis."""
+def test_eval_mode_checkpoint(redet, redet_outputs, image):
+    """Eval-mode checkpoints carry e2cnn's expanded filters as buffers, checked against the conversion."""
     sd = redet["eval_ckpt"]["state_dict"]
     assert any(k.endswith(".filter") for k in sd) and any(k.endswith(".expanded_bias") for k in sd)
     converted, report, backbone, neck = convert_into(redet, sd)
@@ -169,8 +184,11 @@ def test_eval_mode_and_filter_only_checkpoints(redet, redet_outputs, image):
     errors, _, _ = compare(redet, converted, image, redet_outputs, backbone, neck)
     assert max(errors) <= TOL_OUTPUT, errors
 
-    if redet["name"] != "r18":
-        return  # test_without_e2cnn converts the narrow R50's filters
+
+@pytest.mark.parametrize("redet", ["r18"], indirect=True)  # test_without_e2cnn converts the narrow R50's filters
+def test_filter_only_checkpoint(redet, redet_outputs, image):
+    """With only the eval-mode filters (no coefficients) the filters are projected onto escnn's basis."""
+    sd = redet["eval_ckpt"]["state_dict"]
     filters_only = {k: v for k, v in sd.items() if not k.endswith((".weights", ".bias")) or "batch_norm" in k}
     # converted into (and loaded by) modules in train mode: escnn keeps no filter caches there
     converted, report, backbone, neck = convert_into(redet, filters_only, train_mode=True)
@@ -180,13 +198,40 @@ def test_eval_mode_and_filter_only_checkpoints(redet, redet_outputs, image):
     assert max(errors) <= TOL_OUTPUT, errors
 
 
-def test_checkpoint_file_tool_and_init_weights(redet, redet_outputs, image, tmp_path):
-    if redet["name"] != "r50-narrow":
-        pytest.skip("file round trip once")
-    from tools.convert_redet_checkpoint import main
-
+def test_tool_reads_the_architecture_off_the_checkpoint(redet, redet_outputs, image, tmp_path, capsys):
+    """No flags: depth, group, widths and stages (and the ReFPN's) come from the checkpoint; a flag that
+    contradicts it is an error naming the flag and what the checkpoint has."""
     src, dst = tmp_path / "redet.pth", tmp_path / "converted.pth"
     torch.save(redet["train_ckpt"], src)
+    assert convert_tool.main([str(src), str(dst), "--quiet"]) == 0
+    saved = torch.load(dst)
+    arch = saved["meta"]["rotplugin_redet_conversion"]["architecture"]
+    width = redet["width"]
+    assert arch["backbone"] == dict(depth=redet["depth"], orientation=8, flip=False, in_channels=3, stem_channels=width,
+                                    base_channels=width, num_stages=4, out_indices=(0, 1, 2, 3))
+    assert arch["neck"]["in_channels"] == backbone_channels(redet["depth"], width)
+    assert arch["neck"]["out_channels"] == redet["neck_channels"] and arch["neck"]["num_outs"] == 5
+    errors, _, _ = compare(redet, saved["state_dict"], image, redet_outputs)
+    assert max(errors) <= TOL_OUTPUT, errors
+
+    capsys.readouterr()
+    other_depth = 50 if redet["depth"] == 18 else 18
+    for flag, value, has in (("--depth", other_depth, f"(ReResNet depth {redet['depth']})"),
+                             ("--orientation", 4, "regular fields of 8 channels (C8)"),
+                             ("--base-channels", 2 * width, f"{width} base channels"),
+                             ("--num-stages", 3, "4 stages")):
+        assert convert_tool.main([str(src), str(tmp_path / "never.pth"), flag, str(value)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag} {value} contradicts {src}" in err and has in err, err
+    assert not (tmp_path / "never.pth").exists()
+
+
+@pytest.mark.parametrize("redet", ["r50-narrow"], indirect=True)
+def test_checkpoint_file_tool_and_init_weights(redet, redet_outputs, image, tmp_path):
+    main = convert_tool.main
+    src, dst = tmp_path / "redet.pth", tmp_path / "converted.pth"
+    torch.save(redet["train_ckpt"], src)
+    # flags that agree with the checkpoint are accepted
     args = [str(src), str(dst), "--depth", "50", "--stem-channels", "16", "--base-channels", "16", "--quiet"]
     # like a checkpoint of mmengine's runner: Python objects that torch's safe loading refuses
     runner_ckpt = tmp_path / "runner.pth"
@@ -226,9 +271,12 @@ def test_checkpoint_file_tool_and_init_weights(redet, redet_outputs, image, tmp_
         wrong.init_weights()
 
 
-def test_bad_checkpoints_raise_clear_errors():
-    from mmdet.models.backbones import ResNet
+def convert(sd, **backbone_cfg):
+    """Convert into targets built from the architecture read off ``sd``, ``backbone_cfg`` on top."""
+    return convert_redet_state_dict(sd, EquivariantResNet, EquivariantFPN, backbone_cfg=backbone_cfg)
 
+
+def test_bad_checkpoints_raise_clear_errors():
     backbone, neck = build_redet(18, 8, 16, seed=5)  # tiny: one regular field in the stem
     sd = detector_state_dict(backbone, neck)["state_dict"]
     kw = dict(stem_channels=8, base_channels=8)
@@ -236,30 +284,65 @@ def test_bad_checkpoints_raise_clear_errors():
     torchvision_like = ResNet(depth=18).state_dict()
     assert not is_redet_state_dict(torchvision_like) and is_redet_state_dict(sd)
     with pytest.raises(RedetConversionError, match="not an e2cnn ReDet checkpoint.*conv1.weight"):
-        convert_redet_state_dict(torchvision_like)
+        convert(torchvision_like)
     # already converted
-    converted, _ = convert_redet_state_dict(sd, depth=18, **kw)
+    converted, _ = convert(sd, depth=18, **kw)
     with pytest.raises(RedetConversionError, match="rotplugin"):
-        convert_redet_state_dict(converted, depth=18, **kw)
+        convert(converted, depth=18, **kw)
     # another depth: R18 checkpoint for an R50 model
     with pytest.raises(RedetConversionError) as err:
-        convert_redet_state_dict(sd, depth=50, **kw)
+        convert(sd, depth=50, **kw)
     msg = str(err.value)
     assert "missing keys" in msg and "backbone.layer1.0.conv3.weights" in msg and "depth 18" in msg
     # missing keys are listed
     broken = {k: v for k, v in sd.items()
               if not k.startswith(("backbone.layer3.1.conv2.", "backbone.layer2.0.bn1."))}
     with pytest.raises(RedetConversionError) as err:
-        convert_redet_state_dict(broken, depth=18, **kw)
+        convert(broken, depth=18, **kw)
     msg = str(err.value)
     assert "backbone.layer3.1.conv2.weights" in msg and "backbone.layer2.0.bn1.batch_norm_[8].running_var" in msg
     # wrong width: shape mismatches are listed
     with pytest.raises(RedetConversionError, match="shape mismatches"):
-        convert_redet_state_dict(sd, depth=18, stem_channels=16, base_channels=16)
+        convert(sd, depth=18, stem_channels=16, base_channels=16)
     # unexpected keys inside the backbone
     extra = dict(sd, **{"backbone.layer5.0.conv1.weights": torch.zeros(3)})
     with pytest.raises(RedetConversionError, match="(?s)unexpected keys.*backbone.layer5.0.conv1.weights"):
-        convert_redet_state_dict(extra, depth=18, **kw)
+        convert(extra, depth=18, **kw)
+
+
+def test_infer_redet_architecture():
+    """The architecture read off a checkpoint's keys and shapes; values the caller insists on must agree with it."""
+    sd = redet_case("r50-narrow")["train_ckpt"]
+    arch = infer_redet_architecture(sd)
+    assert arch["backbone"] == dict(depth=50, orientation=8, flip=False, in_channels=3, stem_channels=16,
+                                    base_channels=16, num_stages=4, out_indices=(0, 1, 2, 3))
+    assert arch["neck"] == dict(in_channels=[64, 128, 256, 512], out_channels=32, start_level=0, num_outs=5,
+                                upsample_mode="nearest", orientation=8, flip=False)
+    agreed = infer_redet_architecture(sd, parts=("backbone",), depth=50, orientation=8, stem_channels=None)
+    assert agreed == {"backbone": arch["backbone"]}
+    with pytest.raises(ArchitectureMismatch, match=r"orientation=4 contradicts the checkpoint, which has regular "
+                                                   r"fields of 8 channels \(C8\)") as err:
+        infer_redet_architecture(sd, orientation=4)
+    assert (err.value.argument, err.value.given) == ("orientation", 4)
+
+    # two stages of bottleneck blocks: ReResNet-50 and -101 alike (the same modules); a given depth chooses
+    two = {k: v for k, v in sd["state_dict"].items()
+           if k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.", "backbone.layer2."))}
+    backbone = infer_redet_architecture(two)["backbone"]
+    assert (backbone["depth"], backbone["num_stages"], backbone["out_indices"]) == (50, 2, (0, 1))
+    assert infer_redet_architecture(two, depth=101)["backbone"]["depth"] == 101
+    with pytest.raises(ArchitectureMismatch, match=r"depth=34 contradicts.*\[3, 4\] bottleneck blocks per stage "
+                                                   r"\(ReResNet depth 50 or 101\)"):
+        infer_redet_architecture(two, depth=34)
+    converted, report = convert_redet_state_dict(two, EquivariantResNet)  # no neck in this checkpoint
+    target = EquivariantResNet(**report.architecture["backbone"])
+    target.load_state_dict(redet_mod.sub_state_dict(converted, "backbone."), strict=True)
+
+    # a stem alone (no stages: depth and widths given): its input width from its number of coefficients
+    dim = redet_mod._escnn_block(8, False, ("trivial", "regular"), 7, 1)[0].shape[1]
+    stem = {"conv1.weights": torch.zeros(2 * 4 * dim), "bn1.batch_norm_[8].running_mean": torch.zeros(2)}
+    backbone = infer_redet_architecture(stem, depth=18, base_channels=16, num_stages=1)["backbone"]
+    assert [backbone[k] for k in ("orientation", "flip", "stem_channels", "in_channels")] == [8, False, 16, 4]
 
 
 @pytest.mark.parametrize("orientation,flip", [(8, False), (4, False), (4, True)])
@@ -271,19 +354,18 @@ def test_block_bases_span_the_same_filters(orientation, flip):
         assert m["bias_residual"] < 1e-6
 
 
+@pytest.mark.parametrize("redet", ["r50-narrow"], indirect=True)
 def test_without_e2cnn(monkeypatch, redet, redet_outputs, image):
     """e2cnn is an optional extra: coefficients need it (a clear ImportError), eval-mode filters do not."""
-    if redet["name"] != "r50-narrow":
-        pytest.skip("once")
     monkeypatch.setitem(sys.modules, "e2cnn", None)
     monkeypatch.setattr(redet_mod, "_E2CNN_BLOCKS", {})
     monkeypatch.setattr(redet_mod, "_MAPS", {})
     backbone, neck = ours(redet["depth"], redet["width"], redet["neck_channels"])
     with pytest.raises(ImportError, match=r"rotplugin\[redet\]"):
-        convert_redet_state_dict(redet["train_ckpt"], backbone_module=backbone, neck_module=neck)
+        convert_redet_state_dict(redet["train_ckpt"], backbone, neck)
     sd = redet["eval_ckpt"]["state_dict"]
     filters_only = {k: v for k, v in sd.items() if not k.endswith((".weights", ".bias")) or "batch_norm" in k}
-    converted, _ = convert_redet_state_dict(filters_only, backbone_module=backbone, neck_module=neck)
+    converted, _ = convert_redet_state_dict(filters_only, backbone, neck)
     errors, _, _ = compare(redet, converted, image, redet_outputs, backbone, neck)
     assert max(errors) <= TOL_OUTPUT
 
@@ -316,8 +398,6 @@ def test_field_conv_loads_state_dicts_of_either_mode():
 @pytest.mark.skipif(not os.environ.get("ROTPLUGIN_SLOW_TESTS"), reason="full-width ReResNet-50: set ROTPLUGIN_SLOW_TESTS=1")
 def test_full_width_redet_r50(image, tmp_path):
     """ReDet's own architecture (ReResNet-50 C8, ReFPN 256): the converted file reproduces the pyramid."""
-    from tools.convert_redet_checkpoint import main
-
     start = time.perf_counter()
     backbone, neck = build_redet(50, 64, 256, seed=50)
     built = time.perf_counter()
@@ -329,7 +409,7 @@ def test_full_width_redet_r50(image, tmp_path):
     src, dst = tmp_path / "redet_r50.pth", tmp_path / "er50.pth"
     torch.save(ckpt, src)
     converted_at = time.perf_counter()
-    assert main([str(src), str(dst), "--json", str(tmp_path / "report.json")]) == 0
+    assert convert_tool.main([str(src), str(dst), "--json", str(tmp_path / "report.json")]) == 0
     done = time.perf_counter()
     errors, _, _ = compare(dict(depth=50, width=64, neck_channels=256), torch.load(dst, weights_only=False)[
         "state_dict"], image, outputs)

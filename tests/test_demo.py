@@ -2,20 +2,30 @@
 import json
 
 import numpy as np
+import pytest
+from conftest import load_tool
 
 
 def test_demo_pipeline_writes_report(tmp_path):
     import cv2
 
-    from tools.demo import main
+    main = load_tool("demo").main
 
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--train-images", "4", "--test-images", "2", "--size", "128", "--epochs", "1",
                  "--skip-equivariance"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["modes"]) == {"none", "image", "feature"}
-    for mode in report["modes"].values():
-        assert 0.0 <= mode["mAP"] <= 1.0 and mode["sec_per_img"] > 0
+    bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
+    for name, mode in report["modes"].items():
+        # the report carries the benchmark's numbers; the mAP is the mean AP over the classes with ground truth
+        assert mode["mAP"] == bench[name]["mAP"] and mode["per_class_AP"] == bench[name]["per_class_AP"]
+        assert set(mode["per_class_AP"]) == set(bench[name]["num_gts"]) and mode["per_class_AP"]
+        assert np.isclose(mode["mAP"], np.mean(list(mode["per_class_AP"].values())))
+        assert mode["sec_per_img"] > 0 and sum(mode["time_split"].values()) == pytest.approx(mode["sec_per_img"])
+    # views exact on the canvas: feature TTA scores every class like image TTA
+    for cls, ap in report["modes"]["image"]["per_class_AP"].items():
+        assert report["modes"]["feature"]["per_class_AP"][cls] == pytest.approx(ap, abs=1e-6), cls
     assert report["train"]["iterations"] == 1 and report["train"]["train_images"] == 4
     assert report["angles"] == [0.0, 90.0, 180.0, 270.0]
     # the trained model's fields rotate passively on the canvas (float32 rounding only)

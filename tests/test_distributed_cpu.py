@@ -16,7 +16,6 @@ import os
 import pickle
 import socket
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,8 @@ FCOS = ROOT / "configs/rotated_fcos/rotated-fcos-hbox-le90_er50-c8_efpn_1x_dota.
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 PYTHON = os.environ.get("PYTHON", str(ROOT / ".venv/bin/python"))
 TOL_PARAM = 1e-5
-cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+# every run is a subprocess that sees no GPU, so the CPU (gloo) path is checked on machines with CUDA too
+CPU_ENV = dict(CUDA_VISIBLE_DEVICES="")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def free_port():
 
 def run_tool(script, positional, options, nproc=2):
     """``tools/<script> *positional nproc *options`` (dist_train.sh CONFIG, dist_test.sh CONFIG CKPT)."""
-    env = dict(os.environ, PORT=str(free_port()), PYTHON=PYTHON)
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=PYTHON, **CPU_ENV)
     args = [*map(str, positional), str(nproc), *map(str, options)]
     out = subprocess.run(["bash", str(ROOT / "tools" / script), *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -99,22 +99,14 @@ def run_tool(script, positional, options, nproc=2):
     return out.stdout + out.stderr
 
 
-@contextmanager
-def one_thread():
-    # torchrun gives every process one thread: the single-process reference sums in the same order
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_one_process(config, work, *extra):
-    from tools.train import main
-
-    with one_thread():
-        return main([str(config), "--work-dir", str(work), *extra])
+def run_one_process(script, *args):
+    """``tools/<script> *args`` in one process with one thread (torchrun gives every process one thread: the
+    single-process reference sums in the same order) and no GPU; returns its output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **CPU_ENV)
+    out = subprocess.run([PYTHON, str(ROOT / "tools" / script), *map(str, args)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
 
 
 def load_state(path):
@@ -142,7 +134,6 @@ def report(name, **values):
                                      for k, v in values.items()))
 
 
-@cpu_only
 def test_two_processes_train_resume_and_equal_one_process(data):
     from rotplugin.engine import state_digests
 
@@ -171,8 +162,8 @@ def test_two_processes_train_resume_and_equal_one_process(data):
 
     # 1 process x batch 2, the same 6 iterations without interruption, through tools/train.py
     work1 = data / "fcos_work1"
-    runner = train_one_process(one, work1)
-    assert runner.iter == 6
+    run_one_process("train.py", one, "--work-dir", work1)
+    assert (work1 / "iter_6.pth").exists()
     ref = load_state(work1 / "iter_6.pth")
     diff = max_abs_diff(last, ref)
     moved = max_abs_diff(ref, load_state(work1 / "iter_2.pth"))
@@ -181,7 +172,6 @@ def test_two_processes_train_resume_and_equal_one_process(data):
     assert diff <= TOL_PARAM, f"2 processes x batch 1 differ from 1 process x batch 2 by {diff:.3e}"
 
 
-@cpu_only
 @pytest.mark.skipif(not os.environ.get("ROTPLUGIN_SLOW_TESTS"),
                     reason="measures (does not assert) RetinaNet's 2-process difference: set ROTPLUGIN_SLOW_TESTS=1")
 def test_retinanet_two_processes_against_one_process_measured(data):
@@ -190,7 +180,7 @@ def test_retinanet_two_processes_against_one_process_measured(data):
     work2, work1 = data / "retina_work2", data / "retina_work1"
     log = run_tool("dist_train.sh", [two], ["--work-dir", work2])
     assert "the model state is identical on all 2 processes" in log
-    train_one_process(one, work1)
+    run_one_process("train.py", one, "--work-dir", work1)
     diff = max_abs_diff(load_state(work2 / "iter_6.pth"), load_state(work1 / "iter_6.pth"))
     moved = max_abs_diff(load_state(work1 / "iter_6.pth"), load_state(work1 / "iter_2.pth"))
     report("retinanet 2-proc vs 1-proc", max_abs_param_diff=diff, max_change_iter2_to_6=moved)
@@ -207,8 +197,8 @@ def test_setup(data):
     cfg.model.test_cfg.update(score_thr=0.001, nms_pre=500, max_per_img=200)
     cfg.test_dataloader = dota_test_dataloader(data / "test")
     cfg.test_evaluator = []  # only the predictions (tools/test.py --out adds AtomicDumpResults)
-    # the TTA merge keeps low scores too (tools/test.py --tta keeps these settings of a config's hook)
-    cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.001, max_per_img=200)]
+    # the TTA merge keeps low scores too (tools/test.py --tta keeps these settings of the config's tta_model)
+    cfg.tta_model = dict(type="FeatureRotationTTAModel", score_thr=0.001, max_per_img=200)
     config, ckpt = save_config_and_random_weights(cfg, data / "retina_test.py", data / "retina_random.pth")
     return config, ckpt
 
@@ -219,19 +209,15 @@ def load_predictions(path):
     return {r["img_id"]: r["pred_instances"] for r in results}, [r["img_id"] for r in results]
 
 
-@cpu_only
 def test_two_process_feature_tta_equals_one_process(data, test_setup):
-    from tools.test import main
-
     config, ckpt = test_setup
     angles = ["--angles", "0", "90", "180", "270"]
     out2, out1 = data / "tta_2proc.pkl", data / "tta_1proc.pkl"
     log = run_tool("dist_test.sh", [config, ckpt], ["--tta", "feature", *angles, "--out", out2,
                                                     "--work-dir", data / "test_work2"])
-    assert "rotation TTA (feature)" in log and "Distributed training: True" in log
-    with one_thread():
-        main([str(config), str(ckpt), "--tta", "feature", *angles, "--out", str(out1),
-              "--work-dir", str(data / "test_work1")])
+    assert "type='FeatureRotationTTAModel'" in log and "Distributed training: True" in log
+    run_one_process("test.py", config, ckpt, "--tta", "feature", *angles, "--out", out1,
+                    "--work-dir", data / "test_work1")
     two, ids2 = load_predictions(out2)
     one, ids1 = load_predictions(out1)
     assert len(ids2) == len(set(ids2)) == 3 and sorted(ids2) == sorted(ids1)  # each image exactly once

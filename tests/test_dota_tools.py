@@ -1,30 +1,19 @@
 """Tests of the DOTA data tools: synthetic generator (rotplugin.data.dota_synth, tools/make_synthetic_dota.py) and
 image splitter (rotplugin.data.dota_split, tools/dota_split.py)."""
-import importlib.util
 import math
 import os
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-
+from conftest import DOTA_SAMPLES, load_tool
 from rotplugin.data import dota_split as ds
 from rotplugin.data import dota_synth as synth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "data", "dota_samples")
+SAMPLES = str(DOTA_SAMPLES)
 DEMO_IMG = os.path.join(SAMPLES, "images", "dota_demo.jpg")
 SAMPLE_TXT = os.path.join(SAMPLES, "labelTxt", "P2805__1024__0___0.txt")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _files(d):
@@ -41,20 +30,6 @@ def synth_root(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------
 # synthetic generator
 # ---------------------------------------------------------------------------------------------------------------
-def test_tools_and_library_import_no_mm_package():
-    # the tools load rotplugin.data.* without rotplugin/__init__.py (which pulls in the mm stack); check that
-    # nothing heavy comes in that way, and that the tools start
-    code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "for tool in ('tools/dota_split.py', 'tools/make_synthetic_dota.py'):\n"
-            "    try:\n        runpy.run_path(tool, run_name='__main__')\n    except SystemExit:\n        pass\n"
-            "import rotplugin.data.dota_split, rotplugin.data.dota_synth\n"
-            "heavy = ('mmcv', 'mmdet', 'mmrotate', 'mmengine', 'torch')\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-            "assert not bad, bad[:10]\n")
-    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
-    assert "--img-dir" in out.stdout and "--num-images" in out.stdout
-
-
 def test_render_scene_objects_valid():
     for size, seed in ((256, 0), ((400, 300), 1), (512, 2)):
         img, objects = synth.render_scene(np.random.default_rng(seed), size)
@@ -181,7 +156,7 @@ def test_mmrotate_dotadataset_loads_generated(synth_root):
 
 
 def test_make_synthetic_tool_full_size(tmp_path, capsys):
-    tool = _load_tool("make_synthetic_dota")
+    tool = load_tool("make_synthetic_dota")
     out = tmp_path / "full"
     assert tool.main([str(out), "--num-images", "1", "--size", "700x500", "--seed", "3", "--quiet"]) == 0
     assert "images/s" in capsys.readouterr().out
@@ -376,7 +351,7 @@ def test_split_multiscale_names(tmp_path):
 
 
 def test_split_tool_cli(tmp_path, capsys):
-    tool = _load_tool("dota_split")
+    tool = load_tool("dota_split")
     img_dir, ann_dir = tmp_path / "images", tmp_path / "labelTxt"
     img_dir.mkdir()
     ann_dir.mkdir()
@@ -446,6 +421,6 @@ def test_missing_image_and_empty_dir(tmp_path, capsys):
         ds.split_dataset(str(img_dir), str(tmp_path / "out"), ann_dir=str(ann_dir), progress=False)
     with pytest.raises(FileNotFoundError):
         ds.split_dataset(str(tmp_path / "nope"), str(tmp_path / "out"), progress=False)
-    tool = _load_tool("dota_split")
+    tool = load_tool("dota_split")
     assert tool.main(["--img-dir", str(img_dir), "--ann-dir", str(ann_dir), "--out-dir", str(tmp_path / "o")]) == 2
     assert "b.txt" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import torch
 from conftest import DEMO_JPG, require_file
 from rotplugin.canvas import equivariant_canvas_shape
 from rotplugin.equivariance import max_relative_error, measure_equivariance, pad_image
+from rotplugin.io import image_to_tensor, load_image
 from rotplugin.models import EquivariantFPN, EquivariantResNet
 
 TOL = 1e-5
@@ -53,9 +54,8 @@ def test_backbone_and_fpn_exact_on_random_canvas(orientation, flip):
 
 
 def test_exact_on_real_dota_image_and_approximate_without_canvas():
-    from tools.check_equivariance import load_image
-
-    image, _ = load_image(require_file(DEMO_JPG), 256)
+    img, _ = load_image(str(require_file(DEMO_JPG)), (256, 256))
+    image = image_to_tensor(img)
     bb = randomise_bn(small_backbone(8))
     fpn = small_fpn(bb)
     model = pyramid(bb, fpn)
@@ -148,6 +148,52 @@ def test_bad_input_errors():
         EquivariantFPN(in_channels=[64, 128], out_channels=30, num_outs=2, orientation=4)
     with pytest.raises(ValueError, match="upsample_mode"):
         EquivariantFPN(in_channels=[64, 128], out_channels=32, num_outs=2, orientation=4, upsample_mode="bicubic")
+    with pytest.raises(ValueError, match="start_level"):  # mmdet's FPN would build no level and fail in forward
+        EquivariantFPN(in_channels=[64, 128], out_channels=32, num_outs=2, orientation=4, start_level=2)
+
+
+# (start_level, end_level, num_outs, add_extra_convs): end_level is inclusive, as in mmdet's FPN; -1 and the last
+# input (3) both mean "up to the last input", the only case with extra levels
+FPN_LEVELS = [(0, -1, 4, False), (1, -1, 5, "on_input"), (1, -1, 6, False), (2, -1, 4, "on_lateral"),
+              (0, 3, 5, "on_output"), (0, 2, 3, False), (1, 2, 2, "on_input"), (1, 1, 1, False), (0, 0, 1, True)]
+
+
+@pytest.mark.parametrize("start_level, end_level, num_outs, add_extra_convs", FPN_LEVELS)
+def test_fpn_levels_follow_mmdet(start_level, end_level, num_outs, add_extra_convs):
+    from mmdet.models.necks import FPN
+
+    in_channels, out_channels = [16, 32, 64, 128], 32  # C4: whole regular fields
+    kw = dict(in_channels=in_channels, out_channels=out_channels, num_outs=num_outs, start_level=start_level,
+              end_level=end_level, add_extra_convs=add_extra_convs)
+    ref, fpn = FPN(**kw).eval(), EquivariantFPN(orientation=4, **kw).eval()
+    assert fpn.backbone_end_level == ref.backbone_end_level and fpn.end_level == ref.end_level == end_level
+    assert len(fpn.lateral_convs) == len(ref.lateral_convs)
+    assert [c.in_type.size for c in fpn.lateral_convs] == [c.conv.in_channels for c in ref.lateral_convs]
+    assert [c.in_type.size for c in fpn.fpn_convs] == [c.conv.in_channels for c in ref.fpn_convs]
+    # the backbone pyramid of a 129² equivariant canvas (strides 4 to 32)
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, c, n, n, generator=g) for c, n in zip(in_channels, (33, 17, 9, 5))]
+    with torch.no_grad():
+        want, got = ref(inputs), fpn(inputs)
+    assert len(got) == len(want) == num_outs
+    assert [tuple(o.shape) for o in got] == [tuple(o.shape) for o in want]
+    assert len(fpn.out_strides) == num_outs and fpn.out_strides[0] == (4, 8, 16, 32)[start_level]
+
+
+# invalid for mmdet's FPN (assertions) and so for EquivariantFPN (ValueError)
+BAD_FPN_LEVELS = [(1, -1, 2, False), (0, 3, 3, False), (0, 2, 4, "on_input"), (0, 2, 2, False), (1, 4, 4, False)]
+
+
+@pytest.mark.parametrize("start_level, end_level, num_outs, add_extra_convs", BAD_FPN_LEVELS)
+def test_fpn_level_errors_follow_mmdet(start_level, end_level, num_outs, add_extra_convs):
+    from mmdet.models.necks import FPN
+
+    kw = dict(in_channels=[16, 32, 64, 128], out_channels=32, num_outs=num_outs, start_level=start_level,
+              end_level=end_level, add_extra_convs=add_extra_convs)
+    with pytest.raises(AssertionError):
+        FPN(**kw)
+    with pytest.raises(ValueError, match="EquivariantFPN: .*(num_outs|end_level)"):
+        EquivariantFPN(orientation=4, **kw)
 
 
 def test_sync_batchnorm_conversion_keeps_field_norms():

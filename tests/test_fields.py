@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from rotplugin import fields
 from rotplugin.canvas import canvas_centre
-from rotplugin.fields import (FieldRotation, fibre_operator, rotate_fields, rotate_grid, rotate_points,
-                              rotate_pyramid, rotated_canvas_size, rotation_matrix_and_offset)
+from rotplugin.canvas import rotate_points, rotated_canvas_size, rotation_matrix_and_offset
+from rotplugin.fields import FieldRotation, fibre_operator, rotate_fields, rotate_grid, rotate_pyramid
 
 # derandomize: CI sees the same examples every run (a failure is reproducible, never a fluke of the draw)
 HYP = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

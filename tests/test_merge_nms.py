@@ -117,7 +117,7 @@ def test_fallbacks_match():
 
 
 def test_tta_merge_uses_it():
-    """_RotationTTAModel._merge: score_thr filter, the NMS above, max_per_img cut."""
+    """merge_preds of the TTA models: score_thr filter, the NMS above, max_per_img cut, rescale."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
@@ -128,10 +128,13 @@ def test_tta_merge_uses_it():
     views = []
     for k in range(4):
         sl = slice(k * 120, (k + 1) * 120)
-        views.append(InstanceData(bboxes=boxes[sl], scores=scores[sl], labels=labels[sl]))
+        view = DetDataSample(metainfo=dict(scale_factor=(2.0, 2.0), tta_angle=90.0 * k))
+        view.pred_instances = InstanceData(bboxes=boxes[sl], scores=scores[sl], labels=labels[sl])
+        views.append(view)
     model = _RotationTTAModel.__new__(_RotationTTAModel)
     model.iou_thr, model.score_thr, model.max_per_img = 0.1, 0.3, 50
-    out = _RotationTTAModel._merge(model, views, DetDataSample(metainfo=dict(scale_factor=(2.0, 2.0))))
+    (out,) = _RotationTTAModel.merge_preds(model, [views])
+    assert "tta_angle" not in out.metainfo and out.metainfo["scale_factor"] == (2.0, 2.0)
     keep = scores >= 0.3
     ref = mmcv_batched_rotated_nms(boxes[keep], scores[keep], labels[keep], 0.1)[:50]
     pred = out.pred_instances

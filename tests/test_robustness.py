@@ -23,8 +23,8 @@ from scipy import ndimage
 
 from conftest import ROOT
 from rotplugin.boxes import rbox_to_polygon, rotate_rboxes, unrotate_rboxes, wrap_le90
-from rotplugin.canvas import canvas_centre, equivariant_canvas_shape, feature_size
-from rotplugin.fields import fibre_operator, rotate_fields, rotate_grid, rotate_points, rotated_canvas_size
+from rotplugin.canvas import canvas_centre, equivariant_canvas_shape, feature_size, rotate_points, rotated_canvas_size
+from rotplugin.fields import fibre_operator, rotate_fields, rotate_grid
 
 # derandomize: the same examples on every run (a failure reproduces; CI never flakes on a lucky draw)
 PROP = settings(max_examples=30, deadline=None, derandomize=True,
@@ -403,6 +403,11 @@ def _prior_strides(head):
     return [int(s[0]) if isinstance(s, (tuple, list)) else int(s) for s in gen.strides]
 
 
+def _unscoped(pipeline):
+    """A pipeline without the ``_scope_`` tags mmengine adds to some of a base config's steps."""
+    return [{k: v for k, v in step.items() if k != "_scope_"} for step in pipeline]
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_has_a_consistent_equivariant_geometry(config):
     """Beyond "it builds" (tests/test_detectors.py): the canvas stride covers, and is a multiple of, every stride a
@@ -415,7 +420,14 @@ def test_every_config_has_a_consistent_equivariant_geometry(config):
     from rotplugin.presets import load_config, shrink_detector_config
 
     full = load_config(str(ROOT / config))
-    assert "rotplugin" in full.custom_imports.imports
+    assert full.custom_imports.imports == ["rotplugin.mm"]
+    # rotation TTA (tools/test.py --tta): feature TTA merged with the detector's own test thresholds, on the test
+    # pipeline (views are made on the canvas, not by a TestTimeAug pipeline)
+    test_cfg = full.model.test_cfg.get("rcnn", full.model.test_cfg)
+    assert full.tta_model.type == "FeatureRotationTTAModel"
+    assert (full.tta_model.score_thr, full.tta_model.iou_thr, full.tta_model.max_per_img) == \
+        (test_cfg.score_thr, test_cfg.nms.iou_threshold, test_cfg.max_per_img)
+    assert _unscoped(full.tta_pipeline) == _unscoped(full.test_dataloader.dataset.pipeline)
     cfg = shrink_detector_config(full)
     model = MODELS.build(cfg.model)
     pre, backbone, neck = model.data_preprocessor, model.backbone, model.neck

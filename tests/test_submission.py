@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, dota_test_dataloader, save_config_and_random_weights
+from conftest import ROOT, dota_test_dataloader, load_tool, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
@@ -35,8 +35,8 @@ def patches(tmp_path_factory):
     # the config tests on a labelled split, as mmrotate's DOTA configs do; --submission-dir must drop the labels
     cfg.test_dataloader = dota_test_dataloader(tmp / "split")
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
-    # the TTA merge keeps random weights' low scores too (tools/test.py keeps the config hook's settings)
-    cfg.custom_hooks = [dict(type="FeatureRotationTTAHook", score_thr=0.005, max_per_img=100)]
+    # the TTA merge keeps random weights' low scores too (tools/test.py --tta keeps the config's tta_model settings)
+    cfg.tta_model = dict(type="FeatureRotationTTAModel", score_thr=0.005, max_per_img=100)
     config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
 
@@ -49,7 +49,7 @@ def _patch_offset(name):
 
 def test_feature_tta_submission_in_full_image_coordinates(patches):
     from mmrotate.structures.bbox import rbox2qbox
-    from tools.test import main
+    main = load_tool("test").main
 
     tmp, config, ckpt = patches
     sub = tmp / "Task1"
@@ -107,7 +107,9 @@ def test_feature_tta_submission_in_full_image_coordinates(patches):
 
 
 def test_submission_dir_refuses_a_non_empty_folder(patches):
-    from tools.test import build_test_config, parse_args
+    tool = load_tool("test")
+    build_test_config = tool.build_test_config
+    parse_args = tool.parse_args
 
     tmp, config, ckpt = patches
     full = tmp / "full_dir"

@@ -1,10 +1,14 @@
-"""tools/test.py through mmengine's Runner on a small synthetic DOTA set: plain, feature TTA and image TTA."""
+"""tools/test.py through mmengine's Runner on a small synthetic DOTA set: plain, feature TTA and image TTA, and
+mmdet's own tools/test.py --tta on the same config."""
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, dota_test_dataloader, dota_train_dataloader, save_config_and_random_weights
+from conftest import ROOT, dota_test_dataloader, dota_train_dataloader, load_tool, save_config_and_random_weights
 
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 
@@ -19,30 +23,124 @@ def small_setup(tmp_path_factory):
     cfg = shrink_detector_config(load_config(str(RETINA)))
     cfg.model.test_cfg.score_thr = 0.005
     cfg.test_dataloader = dota_test_dataloader(tmp / "data")
+    cfg.tta_pipeline = cfg.test_dataloader.dataset.pipeline
+    cfg.tta_model.update(score_thr=0.005, angles=[0, 180])   # the tool's --angles override these
     cfg.test_evaluator = dict(type="DOTAMetric", metric="mAP")
     config, ckpt = save_config_and_random_weights(cfg, tmp / "small_retina.py", tmp / "small.pth")
     return tmp, config, ckpt
 
 
+@pytest.fixture(scope="module")
+def reference(small_setup):
+    """``{tta: {img_id: (boxes, scores, labels)}}`` computed without any tool: the detector of the config with the
+    checkpoint's weights, plain or wrapped in the TTA models directly."""
+    from mmdet.structures.bbox import get_box_tensor
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmrotate.registry import DATASETS, MODELS
+    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
+
+    tmp, config, ckpt = small_setup
+    cfg = Config.fromfile(str(config))
+    model = MODELS.build(cfg.model)
+    model.load_state_dict(torch.load(str(ckpt), weights_only=True)["state_dict"])
+    model.eval()
+    kw = dict(angles=[0, 90, 180, 270], score_thr=0.005)
+    models = {"none": model, "feature": FeatureRotationTTAModel(model, **kw), "image": ImageRotationTTAModel(model, **kw)}
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    out = {}
+    for tta, m in models.items():
+        out[tta] = {}
+        for i in range(len(dataset)):
+            with torch.no_grad():
+                pred = m.test_step(pseudo_collate([dataset[i]]))[0]
+            p = pred.pred_instances
+            out[tta][pred.img_id] = (get_box_tensor(p.bboxes), p.scores, p.labels)
+    return out
+
+
+def _dumped(path):
+    from mmdet.structures.bbox import get_box_tensor
+
+    with open(path, "rb") as f:
+        results = pickle.load(f)
+    return {r["img_id"]: (get_box_tensor(r["pred_instances"]["bboxes"]), r["pred_instances"]["scores"],
+                          r["pred_instances"]["labels"]) for r in results}
+
+
+def _assert_same(got, want):
+    assert set(got) == set(want)
+    for img_id, (boxes, scores, labels) in want.items():
+        b, s, lab = got[img_id]
+        assert len(s) == len(scores) > 0
+        assert torch.allclose(b, boxes, atol=1e-4) and torch.allclose(s, scores, atol=1e-6)
+        assert torch.equal(lab, labels)
+
+
 @pytest.mark.parametrize("tta", ["none", "feature", "image"])
-def test_tools_test_with_tta(small_setup, tta):
-    from tools.test import main
+def test_tools_test_with_tta(small_setup, reference, tta):
+    main = load_tool("test").main
 
     tmp, config, ckpt = small_setup
     out = tmp / f"results_{tta}.pkl"
-    metrics = main([str(config), str(ckpt), "--tta", tta, "--angles", "0", "90", "180", "270",
-                    "--work-dir", str(tmp / f"work_{tta}"), "--out", str(out)])
-    assert "dota/mAP" in metrics and 0.0 <= metrics["dota/mAP"] <= 1.0
-    with open(out, "rb") as f:
-        results = pickle.load(f)
-    assert len(results) == 2
-    assert all(r["pred_instances"]["bboxes"].shape[-1] == 5 for r in results)
+    args = [] if tta == "none" else ["--tta", tta, "--angles", "0", "90", "180", "270"]
+    metrics = main([str(config), str(ckpt), *args, "--work-dir", str(tmp / f"work_{tta}"), "--out", str(out)])
+    assert "dota/mAP" in metrics
+    # the dumped predictions are those of the plain detector / the TTA model asked for, not of another one
+    _assert_same(_dumped(out), reference[tta])
     if tta != "none":
-        assert (tmp / f"work_{tta}").exists()
+        assert any(len(reference[tta][i][1]) != len(reference["none"][i][1]) for i in reference["none"])
+
+
+def test_tools_test_tta_takes_the_configs_tta_model(small_setup):
+    """``--tta`` without a value: the config's tta_model (feature TTA over 0° and 180°, score_thr 0.005)."""
+    tool = load_tool("test")
+    tmp, config, ckpt = small_setup
+    cfg = tool.build_test_config(tool.parse_args([str(config), str(ckpt), "--tta"]))
+    assert cfg.model.type == "FeatureRotationTTAModel" and cfg.model.angles == [0, 180]
+    assert cfg.model.module.type == "mmdet.RetinaNet" and cfg.model.module.backbone.type == "EquivariantResNet"
+    cfg = tool.build_test_config(tool.parse_args([str(config), str(ckpt), "--tta", "image", "--angles", "90"]))
+    assert cfg.model.type == "ImageRotationTTAModel" and cfg.model.angles == [90.0] and cfg.model.score_thr == 0.005
+    with pytest.raises(ValueError, match="add --tta"):
+        tool.build_test_config(tool.parse_args([str(config), str(ckpt), "--angles", "90"]))
+
+
+def test_mmdet_tools_test_runs_our_feature_tta(small_setup, reference):
+    """mmdet 3.x's own tools/test.py (shipped in the mmdet package) with --tta builds the config's tta_model
+    around the detector and gives the feature-TTA predictions (here with the config's angles, 0° and 180°)."""
+    import mmdet
+    from rotplugin.models import FeatureRotationTTAModel
+
+    tool = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "tools", "test.py")
+    if not os.path.isfile(tool):
+        pytest.skip(f"this mmdet install does not ship its tools ({tool})")
+    tmp, config, ckpt = small_setup
+    out = tmp / "mmdet_tta.pkl"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    subprocess.run([sys.executable, tool, str(config), str(ckpt), "--tta", "--out", str(out),
+                    "--work-dir", str(tmp / "mmdet_work")], check=True, cwd=str(tmp), env=env, capture_output=True)
+    # what the TTA model of the config computes, directly
+    from mmdet.structures.bbox import get_box_tensor
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmrotate.registry import DATASETS, MODELS
+
+    cfg = Config.fromfile(str(config))
+    model = MODELS.build(cfg.model)
+    model.load_state_dict(torch.load(str(ckpt), weights_only=True)["state_dict"])
+    tta = FeatureRotationTTAModel(model.eval(), **{k: v for k, v in cfg.tta_model.items() if k != "type"})
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    want = {}
+    for i in range(len(dataset)):
+        with torch.no_grad():
+            pred = tta.test_step(pseudo_collate([dataset[i]]))[0]
+        want[pred.img_id] = (get_box_tensor(pred.pred_instances.bboxes), pred.pred_instances.scores,
+                             pred.pred_instances.labels)
+    _assert_same(_dumped(out), want)
 
 
 def test_tools_test_rejects_bad_angles(small_setup):
-    from tools.test import main
+    main = load_tool("test").main
 
     tmp, config, ckpt = small_setup
     with pytest.raises(ValueError, match="angles not understood"):
@@ -51,7 +149,7 @@ def test_tools_test_rejects_bad_angles(small_setup):
 
 def test_tools_train_two_iterations_and_resume(small_setup):
     from mmengine.config import Config
-    from tools.train import main
+    main = load_tool("train").main
 
     tmp, config, _ = small_setup
     cfg = Config.fromfile(str(config))
@@ -73,7 +171,7 @@ def test_tools_train_two_iterations_and_resume(small_setup):
     saved = __import__("torch").load(str(work / "iter_2.pth"), map_location="cpu", weights_only=False)["state_dict"]
     assert all(torch.equal(saved[k], before[k]) for k in saved)
     # a checkpoint written by the Runner (message hub inside) loads in tools/test.py with feature TTA
-    from tools.test import main as test_main
+    test_main = load_tool("test").main
 
     metrics = test_main([str(config), str(work / "iter_3.pth"), "--tta", "feature", "--work-dir", str(tmp / "wt")])
     assert "dota/mAP" in metrics

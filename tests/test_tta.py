@@ -8,7 +8,8 @@ import torch
 
 from conftest import DEMO_JPG, ROOT
 from rotplugin.boxes import match_detections, rbox_to_polygon, rotate_rboxes, unrotate_rboxes, wrap_le90
-from rotplugin.fields import rotate_fields, rotated_canvas_size
+from rotplugin.canvas import rotated_canvas_size
+from rotplugin.fields import rotate_fields
 from rotplugin.nn.field_layers import make_gspace, trivial_field_type
 
 RETINA = "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
@@ -148,8 +149,8 @@ def test_feature_tta_equals_image_tta_on_canvas(config):
         data = det.data_preprocessor(dota_batch(), False)
         x = data["inputs"]
         for angle in (90, 180, 270):
-            ff = feat_tta._view_features(x, angle, {})
-            fi = img_tta._view_features(x, angle, {})
+            ff = feat_tta.view_features(x, angle)
+            fi = img_tta.view_features(x, angle)
             rois = torch.tensor([[0, 60.0, 80.0, 40.0, 20.0, 0.3], [0, 150.0, 120.0, 30.0, 30.0, -1.0]])
             pa = det.roi_head.bbox_roi_extractor(ff[:4], rois)
             pb = det.roi_head.bbox_roi_extractor(fi[:4], rois)
@@ -208,26 +209,38 @@ def test_feature_rotation_neck_rotates_pyramid():
 
 
 def test_hook_swaps_model_for_test_and_restores():
+    from mmengine.config import Config
     from mmengine.logging import MMLogger
-    from rotplugin.engine import FeatureRotationTTAHook
+    from rotplugin.engine import RotationTTAHook
     from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
 
     class FakeRunner:
         logger = MMLogger.get_instance("rotplugin-test")
+        cfg = Config(dict(tta_model=dict(type="ImageRotationTTAModel", angles=[0, 90], score_thr=0.2)))
 
     runner = FakeRunner()
     runner.model = small_detector(RETINA)
     original = runner.model
-    hook = FeatureRotationTTAHook(angles=[0, 180])
+    hook = RotationTTAHook(tta_model=dict(type="FeatureRotationTTAModel", angles=[0, 180]))
     hook.before_test(runner)
     assert isinstance(runner.model, FeatureRotationTTAModel) and runner.model.angles == [0.0, 180.0]
+    assert runner.model.module is original
     out = runner.model.test_step(dota_batch(129))
     assert "pred_instances" in out[0]
     hook.after_test(runner)
     assert runner.model is original
-    hook = FeatureRotationTTAHook(mode="image", on_val=True)
+    hook = RotationTTAHook(on_val=True)      # the config's tta_model
     hook.before_val(runner)
-    assert isinstance(runner.model, ImageRotationTTAModel)
+    assert isinstance(runner.model, ImageRotationTTAModel) and runner.model.angles == [0.0, 90.0]
+    assert runner.model.score_thr == 0.2
     hook.after_val(runner)
-    with pytest.raises(ValueError, match="mode must be one of"):
-        FeatureRotationTTAHook(mode="sideways")
+    assert runner.model is original
+    RotationTTAHook().before_val(runner)   # on_val=False: validation keeps the detector
+    assert runner.model is original
+    runner.cfg = Config(dict())
+    hook = RotationTTAHook()                 # no tta_model anywhere: feature TTA, 4 quarter turns
+    hook.before_test(runner)
+    assert isinstance(runner.model, FeatureRotationTTAModel) and runner.model.angles == [0.0, 90.0, 180.0, 270.0]
+    hook.after_test(runner)
+    with pytest.raises(ValueError, match="config dict with a 'type'"):
+        RotationTTAHook(tta_model="sideways")

@@ -10,6 +10,7 @@ from rotplugin import visualization as vis
 from rotplugin.equivariance import feature_pyramid
 from rotplugin.fields import fibre_operator
 from rotplugin.nn.field_layers import make_gspace, regular_field_type, trivial_field_type
+from conftest import load_tool
 
 SIZE = 129  # ≡ 1 (mod 128): the equivariant canvas of strides up to 128
 
@@ -286,7 +287,7 @@ def test_draw_rboxes():
 def test_tool_writes_pictures_and_refuses_missing_files(tmp_path, capsys):
     import json
 
-    from tools.visualize_fields import main
+    main = load_tool("visualize_fields").main
 
     out = tmp_path / "out"
     assert main(["--random", "--orientation", "4", "--size", "120", "--levels", "1", "--fields", "0",
@@ -310,7 +311,9 @@ def test_tool_with_a_detector_config_and_checkpoint(tmp_path, capsys):
 
     from conftest import ROOT
     from rotplugin.presets import load_config, shrink_detector_config
-    from tools.visualize_fields import build_model, main
+    tool = load_tool("visualize_fields")
+    build_model = tool.build_model
+    main = tool.main
 
     cfg = shrink_detector_config(
         load_config(str(ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py")))

@@ -15,7 +15,7 @@ atomically. A rerun skips the modes the JSON already holds with the same config,
 ``make demo`` (``configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py``, ``work_dirs/demo/model.pth``)
 on ``work_dirs/demo/data/test``, results in ``work_dirs/demo/benchmark``.
 
-Details (what is timed, thresholds of the TTA merge): ``rotplugin/engine/benchmark.py``.
+Details (what is timed, thresholds of the TTA merge): ``rotplugin/apis/benchmark.py``.
 """
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ import os.path as osp
 import sys
 from pathlib import Path
 
+from mmengine.config import DictAction
+
+from rotplugin.apis.benchmark import run_benchmark
+from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, DemoLayout
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="model config (default: the demo model)")
     parser.add_argument("checkpoint", nargs="?", help="weights (default: the demo model's)")
@@ -55,22 +57,19 @@ def parse_args(argv=None):
 def resolve_inputs(args):
     """``(config, checkpoint, data_root, out_dir)``: the demo's when no CONFIG is given (clear error when the demo
     has not been run yet)."""
-    from rotplugin.engine.benchmark import DEMO_CHECKPOINT, DEMO_CONFIG, DEMO_DATA, DEMO_OUT_DIR
-
     if args.config is None:
-        missing = [str(p) for p in (DEMO_CONFIG, DEMO_CHECKPOINT, DEMO_DATA) if not p.exists()]
+        config, demo = ROOT / DEMO_CONFIG, DemoLayout(ROOT / DEMO_WORK_DIR)
+        missing = [str(p) for p in (config, demo.checkpoint, demo.test_data) if not p.exists()]
         if missing:
             raise FileNotFoundError(f"the demo model is not there ({', '.join(missing)} missing): run `make demo` "
                                     f"first, or give CONFIG CHECKPOINT [--data-root DIR]")
-        return (str(DEMO_CONFIG), str(DEMO_CHECKPOINT), args.data_root or str(DEMO_DATA),
-                args.out_dir or str(DEMO_OUT_DIR))
+        return (str(config), str(demo.checkpoint), args.data_root or str(demo.test_data),
+                args.out_dir or str(demo.benchmark_dir))
     out_dir = args.out_dir or osp.join("work_dirs", "benchmark", osp.splitext(osp.basename(args.config))[0])
     return args.config, args.checkpoint, args.data_root, out_dir
 
 
 def main(argv=None):
-    from rotplugin.engine.benchmark import run_benchmark
-
     args = parse_args(argv)
     config, checkpoint, data_root, out_dir = resolve_inputs(args)
     report = run_benchmark(config, checkpoint, data_root, modes=args.modes, angles=" ".join(args.angles),

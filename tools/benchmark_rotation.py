@@ -48,16 +48,16 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 
 from escnn import gspaces  # noqa: E402
 from escnn import nn as enn  # noqa: E402
 
+from rotplugin.apis.demo import SAMPLE_IMAGE  # noqa: E402
 from rotplugin.fields import rotate_fields, rotate_grid, rotate_pyramid  # noqa: E402
-from rotplugin.io import ResumableResults  # noqa: E402
+from rotplugin.io import ResumableResults, load_image  # noqa: E402
 
-DEMO = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
+SAMPLE = ROOT / SAMPLE_IMAGE
 KEYS = ("rot90_over_clone", "escnn_over_ours_90", "escnn_over_ours_45", "err45_features", "err45_input")
 
 
@@ -160,21 +160,11 @@ def speed(quick: bool) -> dict:
 
 
 def load_scene(size: int = 1025) -> tuple[torch.Tensor, str]:
-    """(1, 3, size, size) float64 scene in [0, 1]: the demo image centre-cropped and resized, or a generated one."""
-    img = None
-    if DEMO.is_file():
-        try:
-            import cv2
-            img = cv2.imread(str(DEMO), cv2.IMREAD_COLOR)
-        except ImportError:
-            img = None
-        if img is not None:
-            h, w = img.shape[:2]
-            m = min(h, w)
-            img = img[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m, ::-1]
-            interp = cv2.INTER_AREA if m > size else cv2.INTER_CUBIC
-            img = cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
-            return torch.tensor(img, dtype=torch.float64).permute(2, 0, 1)[None] / 255.0, f"DOTA demo image {DEMO}"
+    """(1, 3, size, size) float64 RGB scene in [0, 1]: the DOTA sample image resized, or, without it, a generated
+    band-limited one (sums of plane waves: smooth enough that resampling it is accurate, unlike a rendered scene)."""
+    if SAMPLE.is_file():
+        img, what = load_image(str(SAMPLE), (size, size))
+        return torch.tensor(img[..., ::-1].copy(), dtype=torch.float64).permute(2, 0, 1)[None] / 255.0, what
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
     chans = []
@@ -187,7 +177,7 @@ def load_scene(size: int = 1025) -> tuple[torch.Tensor, str]:
         chans.append(v)
     img = np.stack(chans)
     img = (img - img.min()) / (img.max() - img.min())
-    return torch.tensor(img)[None], f"generated image ({DEMO} not found)"
+    return torch.tensor(img)[None], f"generated image ({SAMPLE} not found)"
 
 
 def pool(scene: torch.Tensor) -> torch.Tensor:
@@ -285,7 +275,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     store = ResumableResults(args.json, force=args.force)
-    image = str(DEMO) if DEMO.is_file() else "generated"
+    image = str(SAMPLE) if SAMPLE.is_file() else "generated"
     measurements = [("speed", lambda: speed(args.quick),   # timing: results of the old plain pairs are redone
                      dict(quick=args.quick, threads=args.threads, timing="steady-state pairs")),
                     ("accuracy", accuracy, dict(image=image))]

@@ -4,8 +4,8 @@
                                   [--models rotated_retinanet oriented_rcnn]
 
 For Rotated RetinaNet and Oriented R-CNN with an EquivariantResNet (default depth 50, C8) + EquivariantFPN, seeded
-random weights, on the real DOTA image (../shared/data/dota_samples/images/demo.jpg resized to S, else noise) padded
-to the equivariant canvas (1025 for S = 1024):
+random weights, on the real DOTA image (../shared/data/dota_samples/images/demo.jpg resized to S, else a synthetic
+scene) padded to the equivariant canvas (1025 for S = 1024):
 
 * ``B``: backbone + neck time, ``H``: heads time of one view (medians);
 * ``measured_ratio`` = feature-TTA time / image-TTA time, ``ideal_ratio`` = (B + V·H) / (V·(B + H)) for V views;
@@ -27,29 +27,30 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from mmdet.structures import DetDataSample
+from mmrotate.registry import MODELS
 
-from rotplugin.io import ResumableResults
+from rotplugin.apis.demo import SAMPLE_IMAGE
+from rotplugin.boxes import match_detections
+from rotplugin.io import ResumableResults, load_image
+from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
+from rotplugin.presets import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CONFIGS = {
     "rotated_retinanet": "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py",
     "oriented_rcnn": "configs/oriented_rcnn/oriented-rcnn-le90_er50-c8_efpn_1x_dota.py",
 }
 # random weights: RetinaNet's scores sit near its 0.01 prior, Oriented R-CNN's near 1/16
 DEFAULT_SCORE_THR = {"rotated_retinanet": 0.005, "oriented_rcnn": 0.02}
-DEMO = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
+SAMPLE = ROOT / SAMPLE_IMAGE
 
 
 def build(name, depth, orientation, score_thr):
-    from mmrotate.registry import MODELS
-    from rotplugin.presets import load_config
-
     cfg = load_config(str(ROOT / CONFIGS[name]))
     cfg.model.backbone.update(depth=depth, orientation=orientation)
     cfg.model.neck.orientation = orientation
@@ -64,16 +65,7 @@ def build(name, depth, orientation, score_thr):
 
 
 def batch(size):
-    import cv2
-    import numpy as np
-    from mmdet.structures import DetDataSample
-
-    if DEMO.exists():
-        img = cv2.resize(cv2.imread(str(DEMO)), (size, size), interpolation=cv2.INTER_AREA)
-        source = f"{DEMO} resized to {size}"
-    else:
-        img = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        source = f"noise {size}x{size} ({DEMO} absent)"
+    img, source = load_image(str(SAMPLE) if SAMPLE.is_file() else None, (size, size))
     sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), scale_factor=(1.0, 1.0),
                                          img_id="demo"))
     return dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()], data_samples=[sample]), source
@@ -95,16 +87,13 @@ def dets(sample):
 
 @torch.no_grad()
 def measure(model, data, angles, repeat, score_thr):
-    from rotplugin.boxes import match_detections
-    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
-
     pre = model.data_preprocessor(data, False)
     x, samples = pre["inputs"], pre["data_samples"]
     kw = dict(angles=angles, score_thr=score_thr, iou_thr=0.1)
     feat_tta, img_tta = FeatureRotationTTAModel(model, **kw), ImageRotationTTAModel(model, **kw)
     t_b, feats = timed(lambda: model.extract_feat(x), repeat)
-    views = [feat_tta._view_sample(s, tuple(x.shape[-2:])) for s in samples]
-    t_h, _ = timed(lambda: feat_tta._heads(feats, views), repeat)
+    views = [feat_tta.view_sample(s, 0, tuple(x.shape[-2:])) for s in samples]
+    t_h, _ = timed(lambda: feat_tta.predict_view(feats, views), repeat)
     t_feat, out_feat = timed(lambda: feat_tta.predict(x, samples), repeat)
     t_img, out_img = timed(lambda: img_tta.predict(x, samples), repeat)
     v = len(angles)
@@ -135,8 +124,6 @@ def main(argv=None):
                         help="heads' and merge score threshold (default: 0.005 RetinaNet, 0.02 Oriented R-CNN)")
     parser.add_argument("--no-45", action="store_true", help="skip the 8-view 45° measurement")
     args = parser.parse_args(argv)
-
-    import rotplugin  # noqa: F401
 
     torch.set_grad_enabled(False)
     data, source = batch(args.size)

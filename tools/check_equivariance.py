@@ -16,71 +16,31 @@ settings it was measured with; a rerun with the same file skips a table already 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from mmrotate.registry import MODELS
 
-from rotplugin.io import ResumableResults
+from rotplugin.apis.demo import SAMPLE_IMAGE
+from rotplugin.equivariance import FeaturePyramid, measure_equivariance, pad_image
+from rotplugin.io import ResumableResults, image_to_tensor, load_image
+from rotplugin.presets import load_config, random_backbone_neck
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
+SAMPLE = ROOT / SAMPLE_IMAGE
 
 
-def load_image(path, size, seed=0):
-    """The image as a (1, 3, size, size) float tensor normalised like mmrotate's DOTA configs; a generated image when
-    ``path`` does not exist (printed)."""
-    import cv2
-
-    from rotplugin.io import image_to_tensor
-
-    h, w = (size, size) if isinstance(size, int) else (size or (None, None))
-    if path and os.path.exists(path):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"could not read image {path}")
-        if size:
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        source = str(path)
-    else:
-        rng = np.random.default_rng(seed)
-        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
-        source = f"generated noise image {h}x{w} (no file at {path})"
-    return image_to_tensor(img), source
-
-
-def build_from_args(args):
-    """(model callable, field types, strides, max stride) from --config or the backbone options."""
-    import rotplugin  # noqa: F401  (registers)
-    from rotplugin.models import EquivariantFPN, EquivariantResNet
-
-    if args.config:
-        from mmengine.config import Config
-        from mmrotate.registry import MODELS
-        from mmrotate.utils import register_all_modules
-
-        register_all_modules()
-        cfg = Config.fromfile(args.config)
-        backbone = MODELS.build(cfg.model.backbone)
-        neck = MODELS.build(cfg.model.neck) if cfg.model.get("neck") else None
-    else:
-        backbone = EquivariantResNet(depth=args.depth, orientation=args.orientation, flip=args.flip)
-        neck = None
-        if not args.no_neck:
-            neck = EquivariantFPN(in_channels=backbone.out_channels, out_channels=256, num_outs=5,
-                                  orientation=args.orientation, flip=args.flip, start_level=1,
-                                  add_extra_convs="on_input")
-    backbone.eval()
-    if neck is not None:
-        neck.eval()
-        fn = lambda x: neck(backbone(x))  # noqa: E731
-        fn.modules_ = (backbone, neck)
-        return fn, neck.out_field_types, neck.out_strides, neck.max_stride
-    backbone.modules_ = (backbone,)
-    return backbone, backbone.out_field_types, backbone.out_strides, backbone.max_stride
+def build_from_args(args) -> FeaturePyramid:
+    """The backbone (+ neck) of ``--config``, or a random EquivariantResNet (+ EquivariantFPN), in eval mode."""
+    if not args.config:
+        return random_backbone_neck(args.depth, args.orientation, args.flip,
+                                    neck_channels=None if args.no_neck else 256)
+    cfg = load_config(args.config)
+    backbone = MODELS.build(cfg.model.backbone).eval()
+    neck = MODELS.build(cfg.model.neck).eval() if cfg.model.get("neck") else None
+    return FeaturePyramid.of_modules(backbone, neck)
 
 
 def main(argv=None):
@@ -90,7 +50,8 @@ def main(argv=None):
     parser.add_argument("--orientation", type=int, default=8)
     parser.add_argument("--flip", action="store_true", help="D_N model; also check mirrored inputs")
     parser.add_argument("--no-neck", action="store_true", help="backbone only")
-    parser.add_argument("--image", default=str(DEMO_IMAGE))
+    parser.add_argument("--image", help=f"image file (default: {SAMPLE_IMAGE} beside the project when present, "
+                                         f"else a synthetic scene)")
     parser.add_argument("--size", type=int, default=512, help="resize the image to size x size (0: keep)")
     parser.add_argument("--angles", type=float, nargs="+", default=[90, 180, 270])
     parser.add_argument("--fibre-interp", choices=["linear", "fourier"], default=None,
@@ -104,8 +65,6 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="measure again what --json already holds")
     args = parser.parse_args(argv)
 
-    from rotplugin.equivariance import measure_equivariance, pad_image
-
     store = ResumableResults(args.json, force=args.force)
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "force")}
     tables = [(canvas, "canvas" if canvas else "no_canvas") for canvas in (True, False)]
@@ -114,21 +73,24 @@ def main(argv=None):
         return 0
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    model, field_types, strides, max_stride = build_from_args(args)
-    print(f"built model in {time.perf_counter() - t0:.1f} s; strides {strides}, largest {max_stride}")
-    image, source = load_image(args.image, args.size or None, args.seed)
+    pyramid = build_from_args(args)
+    print(f"built model in {time.perf_counter() - t0:.1f} s; strides {pyramid.strides}, largest "
+          f"{pyramid.max_stride}")
+    path = args.image or (str(SAMPLE) if SAMPLE.is_file() else None)
+    img, source = load_image(path, (args.size, args.size) if args.size else None, args.seed)
+    image = image_to_tensor(img)
     if args.dtype == "float64":
-        for m in getattr(model, "modules_", ()):
+        for m in pyramid.modules:
             m.double()
         image = image.double()
     print(f"image: {source}, {tuple(image.shape[-2:])}")
     flips = (False, True) if args.flip else (False,)
     store.data.update({"image": source, "image_shape": list(image.shape[-2:])})
     for canvas, key in tables:
-        padded = pad_image(image, max_stride, canvas=canvas)
-        report = measure_equivariance(model, padded, field_types, strides, args.angles, flips,
+        padded = pad_image(image, pyramid.max_stride, canvas=canvas)
+        report = measure_equivariance(pyramid.extract, padded, pyramid.field_types, pyramid.strides, args.angles, flips,
                                       fibre_interp=args.fibre_interp, metric=args.metric)
-        name = "equivariant canvas (≡ 1 mod max stride)" if canvas else f"plain padding to multiples of {max_stride}"
+        name = "equivariant canvas (≡ 1 mod max stride)" if canvas else f"plain padding to multiples of {pyramid.max_stride}"
         print()
         print(report.table(f"== {name} =="))
         store.put(key, report.to_json(), settings)

@@ -6,6 +6,10 @@ Examples::
     python tools/convert_redet_checkpoint.py redet_re50_refpn_1x_dota_le90-724ab2da.pth redet_er50.pth
     python tools/convert_redet_checkpoint.py re_resnet50_c8_batch256-25b16846.pth er50_c8.pth --json report.json
 
+The architecture (ReResNet depth, orientation, stem / base widths, number of stages; the ReFPN's widths and levels)
+is read off the checkpoint; ``--depth`` / ``--orientation`` / ``--stem-channels`` / ``--base-channels`` /
+``--num-stages`` only override it, and one that contradicts the checkpoint is an error naming the flag.
+
 Columns (relative residuals, see rotplugin/convert/redet.py): ``basis`` = least-squares residual of the e2cnn ->
 escnn block basis map, ``filter`` / ``bias`` = max|escnn expansion - e2cnn expansion| / max|e2cnn expansion| of the
 whole layer, ``ckpt-flt`` = against the checkpoint's own eval-mode ``filter`` buffer when it has one. Needs e2cnn
@@ -17,9 +21,19 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore", message=".*py3nj.*")  # escnn's, at import: SO(3) only, never used here
+
+from rotplugin.convert import (ArchitectureMismatch, RedetConversionError, convert_redet_checkpoint,  # noqa: E402
+                               infer_redet_architecture, load_checkpoint_file)
+from rotplugin.models import EquivariantFPN, EquivariantResNet  # noqa: E402
+
+# the flags that override (and must agree with) what the checkpoint tells: flag -> EquivariantResNet argument
+ARCHITECTURE_FLAGS = {"--depth": "depth", "--orientation": "orientation", "--stem-channels": "stem_channels",
+                      "--base-channels": "base_channels", "--num-stages": "num_stages"}
 
 
 def main(argv=None) -> int:
@@ -27,11 +41,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="ReDet checkpoint (.pth) or URL")
     parser.add_argument("dst", help="where to write the converted checkpoint")
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--orientation", type=int, default=8, help="N of C_N (ReDet: 8)")
-    parser.add_argument("--stem-channels", type=int, default=64)
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--num-stages", type=int, default=4)
+    helps = {"--depth": "ReResNet depth (18, 34, 50, 101, 152)", "--orientation": "N of C_N (ReDet: 8)"}
+    for flag, name in ARCHITECTURE_FLAGS.items():
+        parser.add_argument(flag, type=int, default=None, dest=name,
+                            help=f"{helps.get(flag, name.replace('_', ' '))}; default: read off the checkpoint "
+                                 f"(a value that contradicts it is an error)")
     parser.add_argument("--prefix", default=None,
                         help="key prefix of the backbone (default: auto, 'backbone.' in detector checkpoints)")
     parser.add_argument("--trusted", action="store_true",
@@ -41,16 +55,18 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)
 
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*py3nj.*")
-    from rotplugin.convert import RedetConversionError, convert_redet_checkpoint
-
     start = time.perf_counter()
+    flags = {name: flag for flag, name in ARCHITECTURE_FLAGS.items()}
     try:
-        _, report = convert_redet_checkpoint(
-            args.src, args.dst, depth=args.depth, orientation=args.orientation, stem_channels=args.stem_channels,
-            base_channels=args.base_channels, num_stages=args.num_stages, prefix=args.prefix, trusted=args.trusted)
+        checkpoint = load_checkpoint_file(args.src, trusted=args.trusted)
+        arch = infer_redet_architecture(checkpoint, args.prefix, parts=("backbone",),
+                                        **{name: getattr(args, name) for name in flags})
+        _, report = convert_redet_checkpoint(args.src, args.dst, checkpoint=checkpoint, backbone=EquivariantResNet,
+                                             neck=EquivariantFPN, backbone_cfg=arch["backbone"], prefix=args.prefix)
+    except ArchitectureMismatch as err:
+        print(f"error: {flags[err.argument]} {err.given} contradicts {args.src}: the checkpoint has {err.found}",
+              file=sys.stderr)
+        return 2
     except RedetConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,16 +21,32 @@ interrupted demo resumes; other data or epochs train again, and so does ``--retr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from rotplugin.engine.benchmark import DEMO_CONFIG, DEMO_DIR, MODES  # noqa: E402  (the demo's model and layout)
+import cv2
+import torch
+from mmdet.structures.bbox import get_box_tensor
+from mmengine.dataset import pseudo_collate
+from mmengine.runner import Runner
+from mmrotate.registry import DATASETS, MODELS
 
+from rotplugin.apis.benchmark import MODES, run_benchmark
+from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout
+from rotplugin.data.dota_synth import generate_dataset
+from rotplugin.equivariance import measure_equivariance, pad_image
+from rotplugin.io import image_to_tensor, load_image, write_atomic, write_json_atomic
+from rotplugin.models.tta import FeatureRotationTTAModel, parse_angles, unwrap_model
+from rotplugin.presets import load_config
+from rotplugin.visualization import detection_comparison, detection_panel, visualize_detector_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / DEMO_CONFIG
+SAMPLE = ROOT / SAMPLE_IMAGE
 R50_CONFIG = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 MODE_NAMES = {"none": "no TTA", "image": "image-rotation TTA", "feature": "feature-rotation TTA"}
 
@@ -41,7 +57,7 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(DEMO_DIR))
+    p.add_argument("--out", default=str(ROOT / DEMO_WORK_DIR))
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--test-images", type=int, default=150)
     p.add_argument("--size", type=int, default=256, help="side of the synthetic scenes (px)")
@@ -54,9 +70,6 @@ def parse_args(argv=None):
 
 # -- 1. data -----------------------------------------------------------------------------------------------------
 def make_data(out: Path, args) -> dict:
-    from rotplugin.data.dota_synth import generate_dataset
-    from rotplugin.io import write_json_atomic
-
     stamp = out / "data" / "settings.json"
     settings = {"train": [args.train_images, args.size, 0], "test": [args.test_images, args.size, 1]}
     if stamp.is_file() and _read_json(stamp) == settings:
@@ -73,8 +86,6 @@ def make_data(out: Path, args) -> dict:
 
 
 def _read_json(path):
-    import json
-
     with open(path) as f:
         return json.load(f)
 
@@ -82,31 +93,27 @@ def _read_json(path):
 # -- 2. training ---------------------------------------------------------------------------------------------------
 def demo_config(out: Path, size: int, epochs=None):
     """The demo config with its data under ``out`` and test scenes of ``size``² kept at their size."""
-    from rotplugin.presets import load_config
-
-    cfg = load_config(str(DEMO_CONFIG))
+    cfg = load_config(str(CONFIG))
     data_root = str(out / "data") + os.sep
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[key].dataset.data_root = data_root
         for step in cfg[key].dataset.pipeline:
             if step["type"] == "mmdet.Resize":
                 step["scale"] = (size, size)
+    cfg.tta_pipeline = cfg.test_dataloader.dataset.pipeline   # rotation TTA tests on the same pipeline
     if epochs:
         cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
         for sched in cfg.param_scheduler:
             if sched.get("by_epoch", True):
                 sched.update(end=epochs, T_max=epochs) if "T_max" in sched else sched.update(end=epochs)
         cfg.default_hooks.checkpoint.interval = epochs
-    cfg.work_dir = str(out / "train")
+    cfg.work_dir = str(DemoLayout(out).train_dir)
     return cfg
 
 
 def train(out: Path, args, data: dict) -> dict:
-    import torch
-    from mmengine.runner import Runner
-
-    model_path = out / "model.pth"
-    info_path = out / "train" / "train.json"
+    model_path = DemoLayout(out).checkpoint
+    info_path = DemoLayout(out).train_dir / "train.json"
     cfg = demo_config(out, args.size, args.epochs)
     settings = {"data": data, "epochs": cfg.train_cfg.max_epochs}
     if model_path.is_file() and info_path.is_file() and not args.retrain:
@@ -122,16 +129,13 @@ def train(out: Path, args, data: dict) -> dict:
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1, save_last=False)
     runner = Runner.from_cfg(cfg)
     epochs = cfg.train_cfg.max_epochs
-    log(f"train: {DEMO_CONFIG.relative_to(ROOT)}, {epochs} epochs of {len(runner.train_dataloader.dataset)} images, "
+    log(f"train: {DEMO_CONFIG}, {epochs} epochs of {len(runner.train_dataloader.dataset)} images, "
         f"batch {cfg.train_dataloader.batch_size}, on the CPU ({torch.get_num_threads()} threads)")
     t0 = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - t0
-    from rotplugin.io import write_atomic, write_json_atomic
-    from rotplugin.models.tta import unwrap_model
-
     state = {"state_dict": unwrap_model(runner.model).state_dict(),
-             "meta": {"config": str(DEMO_CONFIG.relative_to(ROOT)), "epochs": epochs}}
+             "meta": {"config": str(DEMO_CONFIG), "epochs": epochs}}
     write_atomic(model_path, lambda fh: torch.save(state, fh), "wb")
     info = {"seconds": seconds, "epochs": epochs, "iterations": runner.iter,
             "train_images": len(runner.train_dataloader.dataset), "sec_per_iter": seconds / max(runner.iter, 1),
@@ -143,10 +147,9 @@ def train(out: Path, args, data: dict) -> dict:
 
 # -- 3. benchmark --------------------------------------------------------------------------------------------------
 def benchmark(out: Path, args) -> dict:
-    from rotplugin.engine.benchmark import run_benchmark
-
-    res = run_benchmark(demo_config(out, args.size), str(out / "model.pth"), str(out / "data" / "test"), modes=MODES,
-                        angles=" ".join(args.angles), out_dir=str(out / "benchmark"), log=log)
+    layout = DemoLayout(out)
+    res = run_benchmark(demo_config(out, args.size), str(layout.checkpoint), str(layout.test_data), modes=MODES,
+                        angles=" ".join(args.angles), out_dir=str(layout.benchmark_dir), log=log)
     print(res["table"], flush=True)
     return res
 
@@ -155,21 +158,10 @@ def benchmark(out: Path, args) -> dict:
 def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     """The test scenes with the most objects: ground truth (white) and the detections without TTA and with
     feature TTA over ``angles`` side by side."""
-    import cv2
-    import numpy as np
-    import torch
-    from mmdet.structures.bbox import get_box_tensor
-    from mmengine.dataset import pseudo_collate
-    from mmrotate.registry import DATASETS, MODELS
-
-    from rotplugin.models.tta import FeatureRotationTTAModel, parse_angles
-    from rotplugin.presets import trusted_checkpoints
-    from rotplugin.visualization import draw_rboxes, label_colour
-
+    layout = DemoLayout(out)
     cfg = demo_config(out, size)
     model = MODELS.build(cfg.model)
-    with trusted_checkpoints():
-        state = torch.load(str(out / "model.pth"), map_location="cpu", weights_only=False)
+    state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)  # tensors and strings only
     model.load_state_dict(state["state_dict"])
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
@@ -178,8 +170,8 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     views = parse_angles(angles)
     tta = FeatureRotationTTAModel(model, angles=views, iou_thr=nms.nms.iou_threshold, score_thr=nms.score_thr,
                                   max_per_img=nms.max_per_img)
-    shutil.rmtree(out / "detections", ignore_errors=True)
-    (out / "detections").mkdir(parents=True)
+    shutil.rmtree(layout.detections_dir, ignore_errors=True)
+    layout.detections_dir.mkdir(parents=True)
     paths = []
     infos = [dataset.get_data_info(i) for i in range(len(dataset))]
     chosen = sorted(range(len(infos)), key=lambda i: (-len(infos[i]["instances"]), infos[i]["img_path"]))[:num]
@@ -190,57 +182,43 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
             plain = model.test_step(batch)[0].pred_instances
             feat = tta.test_step(batch)[0].pred_instances
         img = cv2.imread(infos[i]["img_path"])
-        gt = data["data_samples"].gt_instances
-        panels = []
-        for title, pred in (("no TTA", plain), (f"feature TTA ({len(views)} views)", feat)):
-            keep = pred.scores >= 0.3
-            pic = draw_rboxes(img, get_box_tensor(gt.bboxes), colour=(255, 255, 255), thickness=1, show_text=False)
-            pic = draw_rboxes(pic, get_box_tensor(pred.bboxes)[keep], pred.labels[keep], pred.scores[keep], classes,
-                              thickness=1, show_text=False)
-            pic = cv2.copyMakeBorder(pic, 22, 0, 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-            cv2.putText(pic, f"{title}: {int(keep.sum())} boxes", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        (0, 0, 0), 1, cv2.LINE_AA)
-            panels.append(pic)
-        picture = np.concatenate(panels, axis=1)
-        legend = np.full((20, picture.shape[1], 3), 255, np.uint8)
-        x = 4
-        for label, cls in enumerate(classes):  # the class colours of draw_rboxes
-            cv2.rectangle(legend, (x, 5), (x + 10, 15), label_colour(label), -1)
-            cv2.putText(legend, cls, (x + 14, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-            x += 22 + 8 * len(cls)
-        path = out / "detections" / f"{Path(infos[i]['img_path']).stem}.png"
-        cv2.imwrite(str(path), np.concatenate([picture, legend], axis=0))
+        gt = get_box_tensor(data["data_samples"].gt_instances.bboxes)
+        panels = [detection_panel(img, gt, get_box_tensor(pred.bboxes), pred.labels, pred.scores, classes, title)
+                  for title, pred in (("no TTA", plain), (f"feature TTA ({len(views)} views)", feat))]
+        path = layout.detections_dir / f"{Path(infos[i]['img_path']).stem}.png"
+        cv2.imwrite(str(path), detection_comparison(panels, classes))
         paths.append(str(path))
-    log(f"detections: {len(paths)} pictures -> {out / 'detections'} (white: ground truth; scores >= 0.3 drawn)")
+    log(f"detections: {len(paths)} pictures -> {layout.detections_dir} (white: ground truth; scores >= 0.3 drawn)")
     return paths
 
 
-def draw_fields(out: Path) -> dict:
-    from tools.visualize_fields import main as visualize_main
-
-    image = sorted((out / "data" / "test" / "images").iterdir())[0]
-    visualize_main(["--config", str(DEMO_CONFIG), "--checkpoint", str(out / "model.pth"), "--image", str(image),
-                    "--angle", "90", "--out-dir", str(out / "fields")])
-    return _read_json(out / "fields" / "fields.json")
+def draw_fields(out: Path, size: int) -> dict:
+    """The trained model's fields on the first test scene, and their passive rotation by 90°."""
+    layout = DemoLayout(out)
+    model = MODELS.build(demo_config(out, size).model)
+    state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    image = sorted((layout.test_data / "images").iterdir())[0]
+    img, image_what = load_image(str(image))
+    plots = visualize_detector_fields(model, image_to_tensor(img), str(layout.fields_dir), 90.0, levels=[0, 1, 2])
+    summary = plots.summary(str(layout.fields_dir), model=f"{DEMO_CONFIG} with weights {layout.checkpoint}",
+                            image=image_what, equivariant_canvas=True)
+    write_json_atomic(str(layout.fields_dir / "fields.json"), summary)
+    log(f"fields: {len(plots.paths)} pictures -> {layout.fields_dir}")
+    return summary
 
 
 # -- 5. equivariance of the full-size backbone ------------------------------------------------------------------
 def equivariance_table(out: Path) -> dict:
-    import torch
-    from mmrotate.registry import MODELS
-
-    from rotplugin.equivariance import measure_equivariance, pad_image
-    from rotplugin.io import write_json_atomic
-    from rotplugin.presets import load_config
-    from tools.check_equivariance import DEMO_IMAGE, load_image
-
     path = out / "equivariance.json"
     if path.is_file():
         log(f"equivariance: kept {path}")
         return _read_json(path)
     torch.manual_seed(0)
     detector = MODELS.build(load_config(str(R50_CONFIG)).model).eval()
-    image, source = load_image(str(DEMO_IMAGE), 256)
+    img, source = load_image(str(SAMPLE) if SAMPLE.is_file() else None, (256, 256))
+    image = image_to_tensor(img)
     stride = detector.data_preprocessor.max_stride
     results = {"model": "EquivariantResNet-50 (C8) + EquivariantFPN, random weights (seed 0)", "image": source}
     for key, canvas, dtype in (("canvas", True, torch.float32), ("canvas_float64", True, torch.float64),
@@ -258,8 +236,6 @@ def equivariance_table(out: Path) -> dict:
 
 # -- 6. report -----------------------------------------------------------------------------------------------------
 def write_report(out: Path, data, train_info, bench, detections, fields, equiv, seconds) -> None:
-    from rotplugin.io import write_atomic, write_json_atomic
-
     results = bench["results"]
     report = {
         "total_seconds": seconds,  # this run (steps kept from an earlier run are not counted)
@@ -278,7 +254,7 @@ def write_report(out: Path, data, train_info, bench, detections, fields, equiv, 
     write_json_atomic(str(out / "report.json"), report)
     lines = ["# rotplugin demo report", "",
              f"Synthetic DOTA ({data['train'][0]} train / {data['test'][0]} test scenes of {data['train'][1]}²), "
-             f"`{DEMO_CONFIG.relative_to(ROOT)}` trained from scratch on the CPU for {train_info['epochs']} epochs "
+             f"`{DEMO_CONFIG}` trained from scratch on the CPU for {train_info['epochs']} epochs "
              f"({train_info['iterations']} iterations, {train_info['seconds'] / 60:.1f} min). "
              f"This run of the demo: {seconds / 60:.1f} min"
              + (" (the training was kept from an earlier run)." if train_info.get("kept") else "."), "",
@@ -319,17 +295,13 @@ def _worst(report_json) -> float:
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.perf_counter()
-    import torch
-
-    import rotplugin  # noqa: F401  (registers the components)
-
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = make_data(out, args)
     train_info = train(out, args, data)
     bench = benchmark(out, args)
     detections = draw_detections(out, args.size, " ".join(args.angles))
-    fields = draw_fields(out)
+    fields = draw_fields(out, args.size)
     equiv = None if args.skip_equivariance else equivariance_table(out)
     write_report(out, data, train_info, bench, detections, fields, equiv, time.perf_counter() - t0)
     return 0

@@ -9,18 +9,9 @@ front-left, front-right, rear-right, rear-left). The same seed gives the same by
 DOTADataset(data_root=OUT_DIR, ann_file='labelTxt/', data_prefix=dict(img_path='images/')).
 """
 import argparse
-import os
 import sys
-import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if "rotplugin" not in sys.modules:
-    # Import rotplugin.data.* without running rotplugin/__init__.py, which registers the model components and so
-    # loads torch and the whole OpenMMLab stack (seconds) when mmrotate is installed; this tool needs numpy + cv2.
-    _pkg = types.ModuleType("rotplugin")
-    _pkg.__path__ = [os.path.join(ROOT, "rotplugin")]
-    sys.modules["rotplugin"] = _pkg
-from rotplugin.data.dota_synth import SYNTH_CLASSES, generate_dataset, parse_size  # noqa: E402
+from rotplugin.data.dota_synth import SYNTH_CLASSES, generate_dataset, parse_size
 
 
 def parse_args(argv=None):

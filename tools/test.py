@@ -1,11 +1,16 @@
 """Test a detector with mmengine's Runner, optionally with rotation TTA (features or images).
 
-    python tools/test.py CONFIG CHECKPOINT [--tta feature|image|none] [--angles 0 90 180 270]
+    python tools/test.py CONFIG CHECKPOINT [--tta [feature|image]] [--angles 0 90 180 270] [--fibre-interp linear]
                          [--out results.pkl] [--submission-dir DIR [--merge-iou 0.1]]
                          [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
 
-``--tta feature`` adds ``FeatureRotationTTAHook`` (one backbone pass, rotated features per view); ``--tta image`` the
-image-rotation baseline; ``none`` (default) plain inference.
+``--tta`` follows mmdet 3.x's ``tools/test.py --tta``: the model becomes ``dict(**cfg.tta_model, module=cfg.model)``
+and the test pipeline ``cfg.tta_pipeline`` when the config has one. rotplugin's configs carry
+``tta_model = dict(type='FeatureRotationTTAModel', ...)`` (one backbone pass, rotated features per view), so mmdet's
+own tool runs the same TTA; a config without ``tta_model`` gets FeatureRotationTTAModel with 4 quarter turns.
+``--tta feature`` / ``--tta image`` choose FeatureRotationTTAModel / ImageRotationTTAModel (the image-rotation
+baseline) with the config's other TTA settings; ``--angles`` and ``--fibre-interp`` override those of the config.
+(mmrotate dev-1.x's ``tools/test.py`` has no ``--tta``.)
 
 DOTA test-set submission: ``--submission-dir DIR`` (a new or empty folder) writes ``DIR/Task1_<class>.txt`` (one line
 per detection, ``<image id> <score> x1 y1 x2 y2 x3 y3 x4 y4`` in full-image coordinates) and ``DIR/<DIR name>.zip``
@@ -21,8 +26,18 @@ Works with ``--tta feature|image`` (the merged TTA detections are what is merged
 from __future__ import annotations
 
 import argparse
+import os
+import os.path as osp
 
-from rotplugin.presets import add_runner_args
+from mmengine.config import ConfigDict
+from mmengine.runner import Runner
+
+import rotplugin.mm  # noqa: F401  (registers the components and lets torch's weights_only load Runner checkpoints)
+from rotplugin.engine import finish_distributed, init_cpu_distributed
+from rotplugin.models.tta import DEFAULT_TTA_MODEL, parse_angles
+from rotplugin.presets import add_runner_args, runner_config
+
+TTA_TYPES = {"feature": "FeatureRotationTTAModel", "image": "ImageRotationTTAModel"}
 
 
 def parse_args(argv=None):
@@ -30,8 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("config")
     parser.add_argument("checkpoint")
     parser.add_argument("--out", help="dump predictions to a pickle file (.pkl)")
-    parser.add_argument("--tta", choices=["feature", "image", "none"], default="none")
-    parser.add_argument("--angles", nargs="+", default=["0", "90", "180", "270"], help="TTA view angles (degrees)")
+    parser.add_argument("--tta", nargs="?", const="config", choices=["config", "feature", "image", "none"],
+                        default="none", help="rotation TTA: the config's tta_model (no value), or feature / image")
+    parser.add_argument("--angles", nargs="+", help="TTA view angles in degrees (default: the tta_model's)")
     parser.add_argument("--fibre-interp", choices=["linear", "fourier"], default=None,
                         help="rule for feature rotations between orientation steps")
     parser.add_argument("--submission-dir", help="write DOTA Task1 submission files (patches merged to full images) "
@@ -43,20 +59,12 @@ def parse_args(argv=None):
 
 
 def build_test_config(args):
-    from rotplugin.models.tta import parse_angles
-    from rotplugin.presets import runner_config
-
     cfg = runner_config(args)
     cfg.load_from = args.checkpoint
     if args.tta != "none":
-        hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "FeatureRotationTTAHook"]
-        # a TTA hook of the config keeps its other settings (score_thr, iou_thr, max_per_img, on_val)
-        tta = next((dict(h) for h in cfg.get("custom_hooks", []) if h.get("type") == "FeatureRotationTTAHook"), {})
-        tta.update(type="FeatureRotationTTAHook", mode=args.tta, angles=parse_angles(" ".join(args.angles)))
-        if args.fibre_interp is not None:
-            tta.update(fibre_interp=args.fibre_interp)
-        hooks.append(tta)
-        cfg.custom_hooks = hooks
+        set_tta(cfg, args.tta, args.angles, args.fibre_interp)
+    elif args.angles or args.fibre_interp:
+        raise ValueError("--angles / --fibre-interp set the rotation TTA: add --tta")
     if args.submission_dir:
         set_submission(cfg, args.submission_dir, args.merge_iou)
     if args.out:
@@ -69,13 +77,25 @@ def build_test_config(args):
     return cfg
 
 
+def set_tta(cfg, kind: str, angles=None, fibre_interp=None) -> None:
+    """mmdet 3.x's ``--tta``: ``cfg.model = dict(**cfg.tta_model, module=cfg.model)`` (``kind`` 'feature' / 'image'
+    sets the type, 'config' keeps the config's), the test pipeline ``cfg.tta_pipeline`` when there is one."""
+    tta = dict(cfg.get("tta_model") or DEFAULT_TTA_MODEL)
+    if kind in TTA_TYPES:
+        tta["type"] = TTA_TYPES[kind]
+    if angles:
+        tta["angles"] = parse_angles(" ".join(angles))
+    if fibre_interp is not None:
+        tta["fibre_interp"] = fibre_interp
+    cfg.model = ConfigDict(**tta, module=cfg.model)
+    if cfg.get("tta_pipeline"):
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
 def set_submission(cfg, out_dir: str, merge_iou: float) -> None:
     """Make ``cfg`` write a DOTA submission to ``out_dir`` (see the module doc): the test evaluator merges patches
     and only formats, the test dataset is read without annotations. Refuses a non-empty ``out_dir`` before anything
     runs (mmrotate would refuse it only after the whole inference)."""
-    import os
-    import os.path as osp
-
     out_dir = osp.abspath(out_dir)
     if osp.exists(out_dir) and (not osp.isdir(out_dir) or os.listdir(out_dir)):
         raise ValueError(f"--submission-dir {out_dir} exists and is not an empty folder; remove it or name another")
@@ -93,17 +113,11 @@ def set_submission(cfg, out_dir: str, merge_iou: float) -> None:
 
 
 def main(argv=None):
-    from mmengine.runner import Runner
-
-    from rotplugin.engine import finish_distributed, init_cpu_distributed
-    from rotplugin.presets import trusted_checkpoints
-
     args = parse_args(argv)
     cfg = build_test_config(args)
     init_cpu_distributed(cfg, args.launcher)  # torchrun on a machine without GPU: gloo
     runner = Runner.from_cfg(cfg)
-    with trusted_checkpoints():  # the checkpoint is usually one an mmengine Runner wrote
-        metrics = runner.test()
+    metrics = runner.test()
     finish_distributed()
     return metrics
 

@@ -1,4 +1,4 @@
-"""Train a detector with mmengine's Runner (configs with ``custom_imports=['rotplugin']`` or any mmrotate config).
+"""Train a detector with mmengine's Runner (configs with ``custom_imports=['rotplugin.mm']`` or any mmrotate config).
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--cfg-options k=v ...]
                           [--launcher pytorch]
@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from rotplugin.presets import add_runner_args
+from mmengine.runner import Runner
+
+import rotplugin.mm  # noqa: F401  (registers the components and lets torch's weights_only load Runner checkpoints)
+from rotplugin.engine import finish_distributed, init_cpu_distributed
+from rotplugin.presets import add_runner_args, runner_config
 
 
 def parse_args(argv=None):
@@ -21,8 +25,6 @@ def parse_args(argv=None):
 
 
 def build_train_config(args):
-    from rotplugin.presets import runner_config
-
     cfg = runner_config(args)
     if args.amp and cfg.optim_wrapper.get("type", "OptimWrapper") != "AmpOptimWrapper":
         cfg.optim_wrapper.type = "AmpOptimWrapper"
@@ -35,17 +37,11 @@ def build_train_config(args):
 
 
 def main(argv=None):
-    from mmengine.runner import Runner
-
-    from rotplugin.engine import finish_distributed, init_cpu_distributed
-    from rotplugin.presets import trusted_checkpoints
-
     args = parse_args(argv)
     cfg = build_train_config(args)
     init_cpu_distributed(cfg, args.launcher)  # torchrun on a machine without GPU: gloo
     runner = Runner.from_cfg(cfg)
-    with trusted_checkpoints():  # --resume / load_from read mmengine checkpoints
-        runner.train()
+    runner.train()
     finish_distributed()
     return runner
 

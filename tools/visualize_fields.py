@@ -21,14 +21,19 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+from mmengine.runner import load_checkpoint
+from mmrotate.registry import MODELS
+
+from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout
+from rotplugin.equivariance import feature_pyramid
+from rotplugin.io import DOTA_MEAN, DOTA_STD, image_to_tensor, load_image, write_json_atomic
+from rotplugin.presets import load_config, random_backbone_neck
+from rotplugin.visualization import visualize_detector_fields
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from rotplugin.engine.benchmark import DEMO_CHECKPOINT, DEMO_CONFIG  # noqa: E402  (the demo's model and layout)
-
-DEMO_IMAGE = ROOT.parent / "shared" / "data" / "dota_samples" / "images" / "demo.jpg"
+DEMO = ROOT / DEMO_CONFIG, DemoLayout(ROOT / DEMO_WORK_DIR).checkpoint   # the demo model, when trained
+SAMPLE = ROOT / SAMPLE_IMAGE
 
 
 class ToolError(Exception):
@@ -36,51 +41,28 @@ class ToolError(Exception):
 
 
 def build_model(config, checkpoint, orientation, depth, seed):
-    """``(model, description)``; the model is in eval mode."""
+    """``(model or FeaturePyramid, description)``; in eval mode."""
     torch.manual_seed(seed)
     if config is None and checkpoint is not None:
         raise ToolError("--checkpoint needs --config (the checkpoint's architecture)")
-    if config is not None:
-        if not os.path.isfile(config):
-            raise ToolError(f"config file not found: {config}")
-        if checkpoint is not None and not os.path.isfile(checkpoint):
-            raise ToolError(f"checkpoint file not found: {checkpoint}")
-        import rotplugin  # noqa: F401  (registers the components)
-        from mmrotate.registry import MODELS
-        from rotplugin.presets import load_config, trusted_checkpoints
-
-        cfg = load_config(str(config))
-        model = MODELS.build(cfg.model)
-        if checkpoint is not None:
-            from mmengine.runner import load_checkpoint
-
-            try:
-                with trusted_checkpoints():
-                    load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
-            except (RuntimeError, KeyError) as err:
-                msg = " ".join(str(err).split())
-                msg = msg if len(msg) <= 600 else msg[:600] + " ..."
-                raise ToolError(f"checkpoint {checkpoint} does not fit the model of {config}: {msg}") from None
-            what = f"{config} with weights {checkpoint}"
-        else:
-            what = f"{config}, RANDOMLY INITIALISED (seed {seed}; no checkpoint)"
-        return model.eval(), what
-    from rotplugin.models import EquivariantFPN, EquivariantResNet
-
-    backbone = EquivariantResNet(depth=depth, orientation=orientation, stem_channels=32, base_channels=32)
-    neck = EquivariantFPN(in_channels=backbone.out_channels, out_channels=8 * orientation, num_outs=5,
-                          orientation=orientation, start_level=1, add_extra_convs="on_input")
-    backbone.eval()
-    neck.eval()
-
-    def extract_feat(x):
-        return neck(backbone(x))
-
-    extract_feat.out_field_types = neck.out_field_types
-    extract_feat.out_strides = neck.out_strides
-    extract_feat.max_stride = neck.max_stride
-    return extract_feat, (f"RANDOMLY INITIALISED EquivariantResNet-{depth} (C{orientation}) + EquivariantFPN "
-                          f"(seed {seed}; no trained model given or found)")
+    if config is None:
+        pyramid = random_backbone_neck(depth, orientation, width=32, neck_channels=8 * orientation)
+        return pyramid, (f"RANDOMLY INITIALISED EquivariantResNet-{depth} (C{orientation}) + EquivariantFPN "
+                         f"(seed {seed}; no trained model given or found)")
+    if not os.path.isfile(config):
+        raise ToolError(f"config file not found: {config}")
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise ToolError(f"checkpoint file not found: {checkpoint}")
+    model = MODELS.build(load_config(str(config)).model)
+    if checkpoint is None:
+        return model.eval(), f"{config}, RANDOMLY INITIALISED (seed {seed}; no checkpoint)"
+    try:
+        load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
+    except (RuntimeError, KeyError) as err:
+        msg = " ".join(str(err).split())
+        msg = msg if len(msg) <= 600 else msg[:600] + " ..."
+        raise ToolError(f"checkpoint {checkpoint} does not fit the model of {config}: {msg}") from None
+    return model.eval(), f"{config} with weights {checkpoint}"
 
 
 def normalisation(model):
@@ -89,41 +71,13 @@ def normalisation(model):
     mean, std = getattr(pre, "mean", None), getattr(pre, "std", None)
     if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.numel() == 3:
         return mean.flatten().tolist(), std.flatten().tolist(), bool(getattr(pre, "_channel_conversion", False))
-    from rotplugin.io import DOTA_MEAN, DOTA_STD
-
     return list(DOTA_MEAN), list(DOTA_STD), True
-
-
-def load_image(path, size, seed):
-    """``(BGR uint8 image, description)``: ``path``, or the synthetic scene when ``path`` is None."""
-    import cv2
-
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ToolError(f"image file not found: {path}")
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ToolError(f"could not read image {path}")
-        what = str(path)
-    else:
-        from rotplugin.data.dota_synth import render_scene
-
-        img, _ = render_scene(np.random.default_rng(seed), size or 256)
-        what = f"synthetic scene (rotplugin.data.dota_synth.render_scene, seed {seed})"
-    if size:
-        h, w = img.shape[:2]
-        scale = size / max(h, w)
-        if scale != 1:
-            img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
-                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-            what += f", resized to {img.shape[1]}x{img.shape[0]}"
-    return img, what
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"mmrotate config (default: {DEMO_CONFIG.relative_to(ROOT)} if present)")
-    parser.add_argument("--checkpoint", help=f"weights (default: {DEMO_CHECKPOINT.relative_to(ROOT)} if present)")
+    parser.add_argument("--config", help=f"mmrotate config (default: {DEMO_CONFIG} if present)")
+    parser.add_argument("--checkpoint", help=f"weights (default: the demo's {DEMO[1].relative_to(ROOT)} if present)")
     parser.add_argument("--random", action="store_true",
                         help="ignore the demo config/checkpoint: a random EquivariantResNet + EquivariantFPN")
     parser.add_argument("--orientation", type=int, default=8, help="N of C_N for the random model")
@@ -154,46 +108,40 @@ def main(argv=None):
 
 
 def run(args):
-    from rotplugin.equivariance import feature_pyramid
-    from rotplugin.io import image_to_tensor, write_json_atomic
-    from rotplugin.visualization import visualize_field_rotation
-
     config, checkpoint = args.config, args.checkpoint
     if args.random and (config or checkpoint):
         raise ToolError("--random takes no --config / --checkpoint")
     if config is None and checkpoint is not None:
         raise ToolError("--checkpoint needs --config (the checkpoint's architecture)")
-    if config is None and not args.random and DEMO_CONFIG.is_file():
-        config = str(DEMO_CONFIG)
-        checkpoint = str(DEMO_CHECKPOINT) if DEMO_CHECKPOINT.is_file() else None
+    if config is None and not args.random and DEMO[0].is_file():
+        config = str(DEMO[0])
+        checkpoint = str(DEMO[1]) if DEMO[1].is_file() else None
     model, what = build_model(config, checkpoint, args.orientation, args.depth, args.seed)
     print(f"model: {what}")
     try:
-        pyramid = feature_pyramid(model, "drawing its fields")
+        strides = feature_pyramid(model, "drawing its fields").strides
     except ValueError as err:
         raise ToolError(str(err)) from None
 
-    image_path = args.image if args.image is not None else (str(DEMO_IMAGE) if DEMO_IMAGE.is_file() else None)
-    img, image_what = load_image(image_path, args.size, args.seed)
+    image_path = args.image if args.image is not None else (str(SAMPLE) if SAMPLE.is_file() else None)
+    try:
+        img, image_what = load_image(image_path, args.size or None, args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise ToolError(str(err)) from None
     mean, std, to_rgb = normalisation(model)
     x = image_to_tensor(img, mean, std, bgr_to_rgb=to_rgb)
-    print(f"image: {image_what}; levels {args.levels} of strides {pyramid.strides}, angle {args.angle:g}°")
+    print(f"image: {image_what}; levels {args.levels} of strides {strides}, angle {args.angle:g}°")
     try:
-        plots = visualize_field_rotation(
-            pyramid.extract, x, pyramid.field_types, pyramid.strides, args.out_dir, args.angle, levels=args.levels,
-            fields=args.fields, combine=args.combine, max_stride=pyramid.max_stride, canvas=not args.no_canvas,
-            fibre_interp=args.fibre_interp, bgr=not to_rgb)
+        plots = visualize_detector_fields(model, x, args.out_dir, args.angle, levels=args.levels, fields=args.fields,
+                                          combine=args.combine, canvas=not args.no_canvas,
+                                          fibre_interp=args.fibre_interp, bgr=not to_rgb)
     except ValueError as err:
         raise ToolError(str(err)) from None
     for lvl in sorted(plots.errors):
         print(f"  level {lvl} (stride {plots.strides[lvl]}): max relative error {plots.errors[lvl]:.2e}")
     summary = os.path.join(args.out_dir, "fields.json")
-    write_json_atomic(summary, {
-        "model": what, "image": image_what, "angle": plots.angle, "canvas_shape": list(plots.canvas_shape),
-        "equivariant_canvas": not args.no_canvas,
-        "levels": [{"level": lvl, "stride": plots.strides[lvl], "max_relative_error": plots.errors[lvl]}
-                   for lvl in sorted(plots.errors)],
-        "files": [os.path.relpath(p, args.out_dir) for p in plots.paths]})
+    write_json_atomic(summary, plots.summary(args.out_dir, model=what, image=image_what,
+                                             equivariant_canvas=not args.no_canvas))
     print(f"wrote {len(plots.paths)} pictures and {summary}:")
     for p in plots.paths:
         print(f"  {p}")

@@ -41,6 +41,8 @@ test_pipeline = [
     dict(type='mmdet.PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
+tta_pipeline = test_pipeline  # rotation TTA (tta_model of the base config) tests on the plain test pipeline
+tta_model = dict(max_per_img=300)
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='train/labelTxt/',

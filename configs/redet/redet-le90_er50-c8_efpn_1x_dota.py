@@ -9,7 +9,9 @@
 # `load_from`.
 _base_ = ['mmrotate::redet/redet-le90_re50_refpn_1x_dota.py']
 
-custom_imports = dict(imports=['rotplugin'], allow_failed_imports=False)
+# The preprocessor / backbone / neck block below repeats in each shipped config: every config inherits its detector
+# from mmrotate's, and mmengine cannot merge one `model` from two bases (duplicate keys among bases are an error).
+custom_imports = dict(imports=['rotplugin.mm'], allow_failed_imports=False)
 orientation = 8  # C8, as ReDet: every 256 channels are 32 regular fields of 8 orientation channels
 # ReDet's ImageNet ReResNet-50 (the e2cnn file of ReDet / mmrotate, converted when loaded).
 pretrained = 'work_dirs/pretrain/re_resnet50_c8_batch256-25b16846.pth'
@@ -51,3 +53,11 @@ model = dict(
                 out_channels=256,
                 featmap_strides=[4, 8, 16, 32]),
         ]))
+
+# Rotation TTA the mmdet 3.x way: `tools/test.py CONFIG CKPT --tta` (mmdet's tools/test.py --tta too) tests
+# dict(**tta_model, module=model): backbone + neck once, the heads on the rotated feature pyramids, the views merged by
+# class-wise rotated NMS with the thresholds of the detector's own test_cfg. The views are made on the canvas, not by
+# the data pipeline, so the TTA pipeline is the plain test pipeline.
+tta_model = dict(type='FeatureRotationTTAModel', angles=[0, 90, 180, 270], iou_thr=0.1, score_thr=0.05,
+                 max_per_img=2000)
+tta_pipeline = {{_base_.val_pipeline}}

@@ -17,7 +17,9 @@
 # this config too (tests/test_tta.py: all merged detections pair up within 1e-3 px / 1e-4 on the canvas).
 _base_ = ['mmrotate::rotated_fcos/rotated-fcos-hbox-le90_r50_fpn_1x_dota.py']
 
-custom_imports = dict(imports=['rotplugin'], allow_failed_imports=False)
+# The preprocessor / backbone / neck block below repeats in each shipped config: every config inherits its detector
+# from mmrotate's, and mmengine cannot merge one `model` from two bases (duplicate keys among bases are an error).
+custom_imports = dict(imports=['rotplugin.mm'], allow_failed_imports=False)
 orientation = 8  # C8: every 256 channels are 32 regular fields of 8 orientation channels
 
 model = dict(
@@ -41,3 +43,11 @@ model = dict(
         add_extra_convs='on_output',
         relu_before_extra_convs=True,
         num_outs=5))
+
+# Rotation TTA the mmdet 3.x way: `tools/test.py CONFIG CKPT --tta` (mmdet's tools/test.py --tta too) tests
+# dict(**tta_model, module=model): backbone + neck once, the heads on the rotated feature pyramids, the views merged by
+# class-wise rotated NMS with the thresholds of the detector's own test_cfg. The views are made on the canvas, not by
+# the data pipeline, so the TTA pipeline is the plain test pipeline.
+tta_model = dict(type='FeatureRotationTTAModel', angles=[0, 90, 180, 270], iou_thr=0.1, score_thr=0.05,
+                 max_per_img=2000)
+tta_pipeline = {{_base_.val_pipeline}}

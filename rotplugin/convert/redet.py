@@ -43,24 +43,40 @@ What is converted
 
 The ReFPN-compatible neck is ``EquivariantFPN(..., upsample_mode='nearest')`` (ReFPN: 1x1 lateral and 3x3 output
 convolutions with bias and no activation, nearest upsampling, extra levels by max pooling with kernel 1 and stride 2).
+
+Targets and architecture
+------------------------
+This module depends on :mod:`rotplugin.nn` (and torch, escnn, e2cnn) only, not on :mod:`rotplugin.models`: the
+caller gives the target modules, built (``EquivariantResNet.init_weights`` converts into itself) or as factories
+(``backbone=EquivariantResNet``), which are called with the architecture :func:`infer_redet_architecture` reads off
+the checkpoint (depth, group, widths, stages; the ReFPN's widths and levels).
 """
 from __future__ import annotations
 
+import os
+import pickle
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from escnn import nn as enn
 from torch import nn
+
+from rotplugin.nn.field_layers import FieldBatchNorm, FieldConv, make_gspace
 
 __all__ = [
     "RedetConversionError",
+    "ArchitectureMismatch",
     "LayerReport",
     "ConversionReport",
     "is_redet_state_dict",
     "unwrap_state_dict",
+    "sub_state_dict",
     "load_checkpoint_file",
+    "infer_redet_architecture",
     "convert_redet_state_dict",
     "convert_redet_checkpoint",
     "block_basis_map",
@@ -72,6 +88,15 @@ _LIST_LIMIT = 25
 
 class RedetConversionError(ValueError):
     """The checkpoint does not match the ReDet architecture it is converted to (the message lists the keys)."""
+
+
+class ArchitectureMismatch(RedetConversionError):
+    """An architecture argument the caller insists on (:func:`infer_redet_architecture`'s ``given``) contradicts
+    the checkpoint: ``argument`` (e.g. ``'depth'``), the ``given`` value and what the checkpoint has (``found``)."""
+
+    def __init__(self, argument: str, given, found: str):
+        self.argument, self.given, self.found = argument, given, found
+        super().__init__(f"{argument}={given!r} contradicts the checkpoint, which has {found}")
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -145,12 +170,9 @@ def load_checkpoint_file(path: str, map_location="cpu", trusted: bool = False) -
     Checkpoints saved by mmengine's runner also pickle Python objects (``message_hub``, numpy scalars), which safe
     loading refuses; ``trusted=True`` loads local files with ``weights_only=False`` (only for files you trust: it
     can run arbitrary code)."""
-    import os
-    import pickle
-
     if trusted and os.path.isfile(path):
         return torch.load(path, map_location=map_location, weights_only=False)
-    try:
+    try:  # mmengine is imported only here: the converter itself needs no mm* package
         from mmengine.runner.checkpoint import CheckpointLoader
     except ImportError:  # pragma: no cover - mmengine is part of the normal install
         loader = lambda p, m: torch.load(p, map_location=m)  # noqa: E731
@@ -174,8 +196,13 @@ def unwrap_state_dict(checkpoint: dict) -> dict:
             sd = sd[wrapper]
             break
     if sd and all(k.startswith("module.") for k in sd):
-        sd = OrderedDict((k[len("module."):], v) for k, v in sd.items())
+        sd = sub_state_dict(sd, "module.")
     return sd
+
+
+def sub_state_dict(state_dict: dict, prefix: str) -> "OrderedDict[str, torch.Tensor]":
+    """The entries of ``state_dict`` under ``prefix`` (e.g. ``'backbone.'``), with the prefix removed."""
+    return OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
 
 
 def _looks_like_redet_backbone(sd: dict, prefix: str) -> bool:
@@ -210,6 +237,12 @@ def is_redet_state_dict(state_dict: dict, prefix: Optional[str] = None) -> bool:
 
 
 # -------------------------------------------------------------------------------------------- block basis maps
+def _group_of(gspace) -> Tuple[int, bool]:
+    """``(orientation, flip)`` of an escnn gspace made by :func:`~rotplugin.nn.make_gspace`."""
+    flip = gspace.flips_order > 0
+    return (gspace.fibergroup.rotation_order if flip else gspace.fibergroup.order()), flip
+
+
 def _field_role(gspace, rep) -> str:
     if rep == gspace.regular_repr:
         return "regular"
@@ -236,10 +269,6 @@ def _escnn_block(orientation: int, flip: bool, roles: Tuple[str, str], kernel_si
     """(basis matrix, bias expansion or None) of a one-field-to-one-field FieldConv."""
     key = (orientation, flip, roles, kernel_size, dilation)
     if key not in _ESCNN_BLOCKS:
-        from escnn import nn as enn
-
-        from rotplugin.nn.field_layers import FieldConv, make_gspace
-
         gs = make_gspace(orientation, flip)
         reps = {"regular": gs.regular_repr, "trivial": gs.trivial_repr}
         conv = FieldConv(enn.FieldType(gs, [reps[roles[0]]]), enn.FieldType(gs, [reps[roles[1]]]), kernel_size,
@@ -251,9 +280,7 @@ def _escnn_block(orientation: int, flip: bool, roles: Tuple[str, str], kernel_si
 
 
 def _import_e2cnn():
-    try:
-        import warnings
-
+    try:  # e2cnn is an optional extra, needed only for coefficients in its basis
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from e2cnn import gspaces as e2_gspaces
@@ -344,12 +371,11 @@ class _Problems:
                 + listing("shape mismatches", self.shape) + (f"\n  {hint}" if hint else ""))
 
 
-def _convert_conv(fc, src: dict, q: str, used: set, problems: _Problems, rep: LayerReport, orientation: int,
-                  flip: bool) -> Optional[dict]:
-    """Convert the e2cnn R2Conv with keys ``q*`` of ``src`` to the coefficients of FieldConv ``fc``."""
-    from rotplugin.nn.field_layers import make_gspace
-
-    gs = make_gspace(orientation, flip)
+def _convert_conv(fc, src: dict, q: str, used: set, problems: _Problems, rep: LayerReport) -> Optional[dict]:
+    """Convert the e2cnn R2Conv with keys ``q*`` of ``src`` to the coefficients of FieldConv ``fc`` (the group is
+    the one of ``fc``'s field types)."""
+    gs = fc.in_type.gspace
+    orientation, flip = _group_of(gs)
     in_reps, out_reps = set(fc.in_type.representations), set(fc.out_type.representations)
     if len(in_reps) != 1 or len(out_reps) != 1:
         raise NotImplementedError("ReDet conversion handles convolutions between single-representation field types")
@@ -453,8 +479,6 @@ def _convert_bn(bn, src: dict, q: str, used: set, problems: _Problems) -> Option
 
 def _source_name(kind: str, path: str, module) -> str:
     """ReDet key prefix of the layer at ``path`` of our module (``kind`` 'backbone' or 'neck')."""
-    from rotplugin.nn.field_layers import FieldConv
-
     if isinstance(module, FieldConv):
         return f"{path}.conv." if kind == "neck" else f"{path}."
     parts = path.split(".")
@@ -462,26 +486,9 @@ def _source_name(kind: str, path: str, module) -> str:
     return ".".join(parts) + f".batch_norm_[{module.field_size}]."
 
 
-def _describe_backbone(src: dict) -> str:
-    blocks = []
-    for i in range(1, 5):
-        ids = {int(m.group(1)) for k in src for m in [re.match(rf"layer{i}\.(\d+)\.", k)] if m}
-        blocks.append(max(ids) + 1 if ids else 0)
-    bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in src)
-    known = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
-             ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
-    depth = known.get((tuple(blocks), bottleneck))
-    guess = f" (ReResNet depth {depth})" if depth else ""
-    stem = next((k for k in src if k.startswith("bn1.batch_norm_[")), None)
-    orient = f", field size {stem.split('[')[1].split(']')[0]}" if stem else ""
-    return (f"the checkpoint's backbone has {blocks} blocks per stage, "
-            f"{'bottleneck' if bottleneck else 'basic'} blocks{guess}{orient}")
-
-
-def _convert_part(kind: str, src: dict, target: nn.Module, orientation: int, flip: bool, report: ConversionReport,
-                  out_prefix: str, src_prefix: str, arch_hint: str = "") -> Dict[str, torch.Tensor]:
-    from rotplugin.nn.field_layers import FieldBatchNorm, FieldConv
-
+def _convert_part(kind: str, src: dict, target: nn.Module, report: ConversionReport, prefix: str,
+                  arch_hint: Optional[Callable[[], str]] = None) -> Dict[str, torch.Tensor]:
+    """Convert the ReDet ``kind`` ('backbone' / 'neck') keys ``src`` (found under ``prefix``) into ``target``."""
     template = target.state_dict()
     converted: Dict[str, torch.Tensor] = {}
     used: set = set()
@@ -490,8 +497,8 @@ def _convert_part(kind: str, src: dict, target: nn.Module, orientation: int, fli
     for path, module in target.named_modules():
         if isinstance(module, FieldConv):
             q = _source_name(kind, path, module)
-            rep = LayerReport(out_prefix + path, src_prefix + q[:-1], "conv")
-            out = _convert_conv(module, src, q, used, problems, rep, orientation, flip)
+            rep = LayerReport(prefix + path, prefix + q[:-1], "conv")
+            out = _convert_conv(module, src, q, used, problems, rep)
             if out is not None:
                 for name, value in out.items():
                     converted[f"{path}.conv.{name}"] = value
@@ -503,17 +510,17 @@ def _convert_part(kind: str, src: dict, target: nn.Module, orientation: int, fli
             if out is not None:
                 for name, value in out.items():
                     converted[f"{path}.bn.{name}"] = value
-                layers.append(LayerReport(out_prefix + path, src_prefix + q[:-1], "bn"))
+                layers.append(LayerReport(prefix + path, prefix + q[:-1], "bn"))
     problems.unexpected.extend(sorted(k for k in src if k not in used))
     if problems:
-        problems.missing = [src_prefix + k for k in problems.missing]
-        problems.unexpected = [src_prefix + k for k in problems.unexpected]
-        problems.shape = [src_prefix + k for k in problems.shape]
+        problems.missing = [prefix + k for k in problems.missing]
+        problems.unexpected = [prefix + k for k in problems.unexpected]
+        problems.shape = [prefix + k for k in problems.shape]
         arch = report.architecture.get(kind, {})
         what = f"{type(target).__name__}({', '.join(f'{k}={v!r}' for k, v in arch.items())})"
-        raise RedetConversionError(problems.message(what, arch_hint))
+        raise RedetConversionError(problems.message(what, arch_hint() if arch_hint else ""))
     report.layers.extend(layers)
-    report.ignored.extend(src_prefix + k for k in src if k.endswith(("bias_expansion",)) or "._basisexpansion." in k
+    report.ignored.extend(prefix + k for k in src if k.endswith(("bias_expansion",)) or "._basisexpansion." in k
                           or ".indices_" in k)
     result = OrderedDict()
     for key, value in template.items():
@@ -525,10 +532,109 @@ def _convert_part(kind: str, src: dict, target: nn.Module, orientation: int, fli
     return result
 
 
-# ------------------------------------------------------------------------------------------------ public API
-def _backbone_out_channels(depth: int, base_channels: int, num_stages: int) -> List[int]:
-    expansion = 1 if depth in (18, 34) else 4
-    return [base_channels * 2 ** i * expansion for i in range(num_stages)]
+# ------------------------------------------------------------------------------------------ architecture inference
+# mmrotate's ReResNet: depth -> (bottleneck blocks, blocks per stage)
+_RERESNET_STAGES = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
+                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
+_BACKBONE_REQUIRED = ("depth", "orientation", "stem_channels", "base_channels", "num_stages")
+# attributes of a given target module recorded in the report's architecture
+_MODULE_ARCH = {"backbone": ("depth", "in_channels", "out_channels"),
+                "neck": ("in_channels", "out_channels", "num_outs", "start_level", "add_extra_convs", "upsample_mode")}
+
+
+def _width(src: dict, conv: str, bn: str, field_size: int) -> Optional[int]:
+    """Output channels of the ReDet convolution ``conv``: from its InnerBatchNorm ``bn`` (one statistic per field of
+    ``field_size`` channels), else from the shape of its eval-mode ``filter`` buffer."""
+    for name in ("running_mean", "weight"):
+        value = src.get(f"{bn}.batch_norm_[{field_size}].{name}")
+        if torch.is_tensor(value):
+            return value.numel() * field_size
+    filt = src.get(f"{conv}.filter")
+    return int(filt.shape[0]) if torch.is_tensor(filt) and filt.dim() == 4 else None
+
+
+def _stem_in_channels(src: dict, field_size: int, stem_channels: Optional[int]) -> Optional[int]:
+    """Input channels of the 7x7 stem convolution (trivial -> regular fields of C_N, N = ``field_size``): from the
+    shape of its ``filter`` buffer, else from its number of coefficients."""
+    filt, weights = src.get("conv1.filter"), src.get("conv1.weights")
+    if torch.is_tensor(filt) and filt.dim() == 4:
+        return int(filt.shape[1])
+    if torch.is_tensor(weights) and stem_channels:
+        dim = _escnn_block(field_size, False, ("trivial", "regular"), 7, 1)[0].shape[1]
+        n_in, rest = divmod(weights.numel(), stem_channels // field_size * dim)
+        return n_in if n_in and not rest else None
+    return None
+
+
+def _backbone_facts(src: dict) -> Dict[str, Tuple[list, str]]:
+    """What a ReResNet state dict (keys relative to the backbone) tells of each EquivariantResNet argument:
+    ``{argument: (the values it allows, what the checkpoint has)}``. Several depths are allowed only when there are
+    fewer than 4 stages (e.g. 50 and 101 with 2: they build the same modules); none when the blocks per stage are
+    no ReResNet's. Arguments the keys do not tell are left out."""
+    blocks = [0] * 4
+    for key in src:
+        m = re.match(r"layer([1-4])\.(\d+)\.", key)
+        if m:
+            blocks[int(m.group(1)) - 1] = max(blocks[int(m.group(1)) - 1], int(m.group(2)) + 1)
+    num_stages = blocks.index(0) if 0 in blocks else 4
+    blocks = blocks[:num_stages]
+    bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in src)
+    depths = [d for d, (bn, stages) in _RERESNET_STAGES.items()
+              if bn == bottleneck and stages[:num_stages] == tuple(blocks)]
+    facts = {}
+    if num_stages:
+        facts["depth"] = (depths, f"{blocks} {'bottleneck' if bottleneck else 'basic'} blocks per stage"
+                                  + (f" (ReResNet depth {' or '.join(map(str, depths))})" if depths else
+                                     ", which no ReResNet depth has"))
+        facts["num_stages"] = ([num_stages], f"{num_stages} stages (layer1..layer{num_stages})")
+    sizes = {int(m.group(1)) for k in src for m in [re.search(r"\.batch_norm_\[(\d+)\]\.", k)] if m}
+    stem = [int(m.group(1)) for k in src for m in [re.match(r"bn1\.batch_norm_\[(\d+)\]\.", k)] if m]
+    size = stem[0] if stem else min(sizes) if len(sizes) == 1 else None
+    if size is None:
+        return facts
+    stem_channels = _width(src, "conv1", "bn1", size)
+    base_channels = _width(src, "layer1.0.conv1", "layer1.0.bn1", size)
+    in_channels = _stem_in_channels(src, size, stem_channels)
+    # mmrotate's ReResNet is built on C_N only (its enn.py): fields of N channels
+    facts["orientation"] = ([size], f"regular fields of {size} channels (C{size})")
+    if stem_channels:
+        facts["stem_channels"] = ([stem_channels], f"{stem_channels} stem channels (conv1 / bn1)")
+    if base_channels:
+        facts["base_channels"] = ([base_channels], f"{base_channels} base channels (layer1.0.conv1 / bn1)")
+    if in_channels:
+        facts["in_channels"] = ([in_channels], f"{in_channels} input channels (conv1)")
+    return facts
+
+
+def _describe_backbone(src: dict) -> str:
+    facts = _backbone_facts(src)
+    has = [facts[name][1] for name in ("depth", "orientation") if name in facts]
+    return f"the checkpoint's backbone has {', '.join(has) or 'no ReResNet stages'}"
+
+
+def _backbone_arguments(src: dict, given: dict, check: bool) -> dict:
+    """EquivariantResNet arguments of a ReResNet state dict: read off its keys, ``given`` on top (``None`` values
+    ignored); with ``check``, a given value the checkpoint contradicts raises :class:`ArchitectureMismatch`."""
+    facts = _backbone_facts(src)
+    cfg = {name: values[0] for name, (values, _) in facts.items() if values}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if check and name in facts and value not in facts[name][0]:
+            raise ArchitectureMismatch(name, value, facts[name][1])
+        cfg[name] = value
+    missing = [name for name in _BACKBONE_REQUIRED if name not in cfg]
+    if missing:
+        raise RedetConversionError(f"cannot infer {', '.join(missing)} of the backbone from the checkpoint "
+                                   f"({_describe_backbone(src)}); give them (backbone_cfg=dict(...))")
+    cfg.setdefault("flip", False)
+    cfg.setdefault("out_indices", tuple(range(cfg["num_stages"])))
+    return cfg
+
+
+def _backbone_out_channels(cfg: dict) -> List[int]:
+    expansion = 1 if cfg["depth"] in (18, 34) else 4
+    return [cfg["base_channels"] * 2 ** i * expansion for i in range(cfg["num_stages"])]
 
 
 def _infer_neck_cfg(src: dict, in_channels: Sequence[int], orientation: int, flip: bool) -> dict:
@@ -575,110 +681,170 @@ def _reg_reg_3x3_dim(orientation: int, flip: bool) -> int:
     return _escnn_block(orientation, flip, ("regular", "regular"), 3, 1)[0].shape[1]
 
 
-def convert_redet_state_dict(state_dict: dict, depth: int = 50, orientation: int = 8, *, flip: bool = False,
-                             in_channels: int = 3, stem_channels: int = 64, base_channels: int = 64,
-                             num_stages: int = 4, neck: Optional[dict] = None, prefix: Optional[str] = None,
-                             backbone_module: Optional[nn.Module] = None, neck_module: Optional[nn.Module] = None,
-                             parts: Sequence[str] = ("backbone", "neck")) -> Tuple["OrderedDict[str, torch.Tensor]",
-                                                                                    ConversionReport]:
-    """Convert a ReDet (e2cnn ``ReResNet`` / ``ReFPN``) state dict to rotplugin's escnn modules.
-
-    Args:
-        state_dict: a state dict or a checkpoint dict (``state_dict`` / ``meta`` wrapper): a bare ReResNet state dict,
-            or a detector's with ``backbone.`` / ``neck.`` keys. Other keys pass through unchanged.
-        depth, orientation, flip, in_channels, stem_channels, base_channels, num_stages: the architecture
-            (``EquivariantResNet`` arguments; ReDet: depth 50, C8).
-        neck: ``EquivariantFPN`` arguments of the neck; inferred from the checkpoint (widths, extra convolutions)
-            when ``None``, with ``upsample_mode='nearest'`` as in ReFPN.
-        prefix: key prefix of the backbone (e.g. ``'backbone.'``); auto-detected when ``None`` (``'backbone.'`` when
-            such keys exist, else a bare ReResNet state dict). Next to a prefixed backbone a ReFPN under ``neck.`` is
-            converted too.
-        backbone_module, neck_module: already built target modules (their architecture is used instead of building
-            new ones).
-        parts: which parts to convert (``'backbone'``, ``'neck'``); keys of the other parts pass through.
-
-    Returns:
-        ``(new_state_dict, report)``: the converted state dict (same key layout as the input, the backbone / neck keys
-        replaced by those of ``EquivariantResNet`` / ``EquivariantFPN``) and a :class:`ConversionReport`.
-
-    Raises:
-        RedetConversionError: not a ReDet checkpoint, or missing / unexpected / mis-shaped keys (listed).
-        ImportError: ``weights`` have to be converted and e2cnn is not installed.
-    """
-    from rotplugin.models import EquivariantFPN, EquivariantResNet
-
-    sd = unwrap_state_dict(state_dict)
-    found = {k: v for k, v in _detect_parts(sd, prefix).items() if k in parts}
-    if not found:
+def _find_parts(sd: dict, prefix: Optional[str], parts: Sequence[str]) -> Dict[str, str]:
+    """All ReDet parts of ``sd`` (see :func:`_detect_parts`); raises unless one of ``parts`` is among them."""
+    detected = _detect_parts(sd, prefix)
+    if not any(k in parts for k in detected):
         first = ", ".join(list(sd)[:8])
         ours = any(k.endswith("conv1.conv.weights") for k in sd)
         hint = (" It looks like a rotplugin (escnn) checkpoint already." if ours else
                 " A ReDet backbone has e2cnn keys like 'conv1.weights' and 'bn1.batch_norm_[8].weight'.")
         raise RedetConversionError(f"not an e2cnn ReDet checkpoint (no ReResNet / ReFPN keys"
                                    f"{' under ' + repr(prefix) if prefix else ''}); first keys: {first}.{hint}")
+    return detected
+
+
+def _module_group(module: nn.Module) -> Tuple[int, bool]:
+    """``(orientation, flip)`` of the group of a module's first FieldConv."""
+    fc = next((m for m in module.modules() if isinstance(m, FieldConv)), None)
+    if fc is None:
+        raise RedetConversionError(f"the target {type(module).__name__} has no FieldConv")
+    return _group_of(fc.in_type.gspace)
+
+
+Target = Union[nn.Module, Callable[..., nn.Module]]
+
+
+def _target(kind: str, given: Optional[Target], arguments: Callable[[], dict]) -> Tuple[nn.Module, dict]:
+    """The target module of part ``kind`` and its architecture: ``given`` itself when it is a module, else
+    ``given(**arguments())``."""
+    if isinstance(given, nn.Module):
+        orientation, flip = _module_group(given)
+        arch = {name: getattr(given, name) for name in _MODULE_ARCH[kind] if hasattr(given, name)}
+        return given, dict(arch, orientation=orientation, flip=flip)
+    if given is None or isinstance(given, dict) or not callable(given):
+        example = "EquivariantResNet" if kind == "backbone" else "EquivariantFPN"
+        raise TypeError(f"the checkpoint holds a ReDet {kind}: pass {kind}= the target module, or a factory that "
+                        f"builds it from its architecture (e.g. rotplugin.models.{example}), or leave {kind!r} out "
+                        f"of parts" + (f"; {kind} arguments go in {kind}_cfg" if isinstance(given, dict) else ""))
+    arch = arguments()
+    return given(**arch), arch
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def infer_redet_architecture(state_dict: dict, prefix: Optional[str] = None,
+                             parts: Sequence[str] = ("backbone", "neck"), **given) -> Dict[str, dict]:
+    """The architecture of the ReDet parts of a checkpoint, read off its keys and shapes.
+
+    Returns ``{'backbone': EquivariantResNet arguments, 'neck': EquivariantFPN arguments}`` for the parts found among
+    ``parts``: the backbone's ``depth`` (blocks per stage, basic or bottleneck), ``orientation`` (the field size of
+    the batch norms; ``flip=False``: mmrotate's ReResNet is built on C_N only), ``in_channels``, ``stem_channels``,
+    ``base_channels``, ``num_stages`` and ``out_indices`` (all stages); the neck's as :func:`convert_redet_state_dict`
+    builds it (widths, levels, extra convolutions, ``upsample_mode='nearest'``).
+
+    ``given``: backbone arguments the caller insists on (e.g. command-line flags; ``None`` values are ignored). Each
+    must agree with the checkpoint, else :class:`ArchitectureMismatch` names it and says what the checkpoint has; a
+    value the checkpoint does not tell is taken as given, and ``depth`` chooses among the depths a checkpoint with
+    fewer than 4 stages leaves open.
+
+    Raises:
+        RedetConversionError: not a ReDet checkpoint, or an argument can be neither inferred nor is given.
+    """
+    sd = unwrap_state_dict(state_dict)
+    detected = _find_parts(sd, prefix, parts)
+    backbone = _backbone_arguments(sub_state_dict(sd, detected["backbone"]), given, check=True)
+    out = {"backbone": backbone} if "backbone" in parts else {}
+    if "neck" in detected and "neck" in parts:
+        out["neck"] = dict(_infer_neck_cfg(sub_state_dict(sd, detected["neck"]), _backbone_out_channels(backbone),
+                                           backbone["orientation"], backbone["flip"]),
+                           orientation=backbone["orientation"], flip=backbone["flip"])
+    return out
+
+
+def convert_redet_state_dict(state_dict: dict, backbone: Optional[Target] = None, neck: Optional[Target] = None, *,
+                             backbone_cfg: Optional[dict] = None, neck_cfg: Optional[dict] = None,
+                             prefix: Optional[str] = None, parts: Sequence[str] = ("backbone", "neck")
+                             ) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
+    """Convert a ReDet (e2cnn ``ReResNet`` / ``ReFPN``) state dict to rotplugin's escnn modules.
+
+    The converter needs only the target modules' layers (:class:`~rotplugin.nn.FieldConv`,
+    :class:`~rotplugin.nn.FieldBatchNorm`): the caller gives each target, built or as a factory.
+
+    Args:
+        state_dict: a state dict or a checkpoint dict (``state_dict`` / ``meta`` wrapper): a bare ReResNet state dict,
+            or a detector's with ``backbone.`` / ``neck.`` keys. Other keys pass through unchanged.
+        backbone, neck: the target of each part: a built module (e.g. an ``EquivariantResNet`` /
+            ``EquivariantFPN``; the conversion follows its architecture and group), or a factory (e.g. the class
+            ``rotplugin.models.EquivariantResNet`` / ``EquivariantFPN``) called with the architecture's keyword
+            arguments (:func:`infer_redet_architecture`, ``backbone_cfg`` / ``neck_cfg`` on top). Needed for each
+            part found among ``parts``.
+        backbone_cfg: ``EquivariantResNet`` arguments that replace the inferred ones (not checked against the
+            checkpoint: a wrong architecture is reported key by key, see Raises).
+        neck_cfg: ``EquivariantFPN`` arguments that replace the inferred ones (the group is always the backbone's).
+        prefix: key prefix of the backbone (e.g. ``'backbone.'``); auto-detected when ``None`` (``'backbone.'`` when
+            such keys exist, else a bare ReResNet state dict). Next to a prefixed backbone a ReFPN under ``neck.`` is
+            converted too.
+        parts: which parts to convert (``'backbone'``, ``'neck'``); keys of the other parts pass through.
+
+    Returns:
+        ``(new_state_dict, report)``: the converted state dict (same key layout as the input, the backbone / neck keys
+        replaced by those of the targets) and a :class:`ConversionReport`.
+
+    Raises:
+        RedetConversionError: not a ReDet checkpoint, or missing / unexpected / mis-shaped keys (listed).
+        TypeError: a part to convert has no target.
+        ImportError: ``weights`` have to be converted and e2cnn is not installed.
+    """
+    sd = unwrap_state_dict(state_dict)
+    detected = _find_parts(sd, prefix, parts)
+    found = {k: v for k, v in detected.items() if k in parts}
     report = ConversionReport(parts=dict(found))
+    backbone_src = sub_state_dict(sd, detected["backbone"])
+    inferred: dict = {}
+
+    def backbone_arguments() -> dict:
+        if not inferred:
+            inferred.update(_backbone_arguments(backbone_src, backbone_cfg or {}, check=False))
+        return inferred
+
     converted_parts = {}
-    if backbone_module is not None:
-        orientation, flip = backbone_module.orientation, backbone_module.flip
-        backbone_out = list(backbone_module.out_channels)
-        if len(backbone_out) != len(backbone_module.res_layers):
-            backbone_out = None
-    else:
-        backbone_out = _backbone_out_channels(depth, base_channels, num_stages)
-
-    def part_keys(p):
-        return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-
     if "backbone" in found:
-        p = found["backbone"]
-        src = part_keys(p)
-        if backbone_module is None:
-            arch = dict(depth=depth, orientation=orientation, flip=flip, in_channels=in_channels,
-                        stem_channels=stem_channels, base_channels=base_channels, num_stages=num_stages,
-                        out_indices=tuple(range(num_stages)))
-            backbone_module = EquivariantResNet(**arch)
-        else:
-            m = backbone_module
-            arch = dict(depth=m.depth, orientation=m.orientation, flip=m.flip, in_channels=m.in_channels)
-        report.architecture["backbone"] = arch
-        converted_parts["backbone"] = (p, _convert_part("backbone", src, backbone_module, orientation, flip, report,
-                                                        p, p, _describe_backbone(src)))
+        module, report.architecture["backbone"] = _target("backbone", backbone, backbone_arguments)
+        converted_parts["backbone"] = _convert_part("backbone", backbone_src, module, report, found["backbone"],
+                                                    lambda: _describe_backbone(backbone_src))
     if "neck" in found:
-        p = found["neck"]
-        src = part_keys(p)
-        if neck_module is None:
-            if backbone_out is None:
-                raise RedetConversionError("cannot infer the neck's input widths: pass neck=dict(in_channels=...)")
-            cfg = _infer_neck_cfg(src, backbone_out, orientation, flip)
-            cfg.update(neck or {})
+        neck_src = sub_state_dict(sd, found["neck"])
+
+        def neck_arguments() -> dict:
+            in_channels = (neck_cfg or {}).get("in_channels")
+            if isinstance(backbone, nn.Module):
+                orientation, flip = _module_group(backbone)
+                outs = list(getattr(backbone, "out_channels", []))
+                if in_channels is None and len(outs) == len(getattr(backbone, "res_layers", ())):
+                    in_channels = outs
+            else:
+                orientation, flip = backbone_arguments()["orientation"], backbone_arguments()["flip"]
+            if in_channels is None:
+                in_channels = _backbone_out_channels(backbone_arguments())
+            cfg = _infer_neck_cfg(neck_src, in_channels, orientation, flip)
+            cfg.update(neck_cfg or {})
             cfg.update(orientation=orientation, flip=flip)
-            neck_module = EquivariantFPN(**cfg)
-        else:
-            cfg = dict(in_channels=neck_module.in_channels, out_channels=neck_module.out_channels,
-                       num_outs=neck_module.num_outs)
-        report.architecture["neck"] = cfg
-        converted_parts["neck"] = (p, _convert_part("neck", src, neck_module, orientation, flip, report, p, p))
+            return cfg
+
+        module, report.architecture["neck"] = _target("neck", neck, neck_arguments)
+        converted_parts["neck"] = _convert_part("neck", neck_src, module, report, found["neck"])
 
     out = OrderedDict()
-    prefixes = [p for p, _ in converted_parts.values()]
     for key, value in sd.items():
-        if any(key.startswith(p) for p in prefixes):
+        if any(key.startswith(found[part]) for part in converted_parts):
             continue
         out[key] = value
         report.passthrough.append(key)
-    for p, part in converted_parts.values():
-        for key, value in part.items():
-            out[p + key] = value
+    for part, converted in converted_parts.items():
+        for key, value in converted.items():
+            out[found[part] + key] = value
     return out, report
 
 
-def convert_redet_checkpoint(src: str, dst: Optional[str] = None, trusted: bool = False,
-                             **kwargs) -> Tuple[dict, ConversionReport]:
+def convert_redet_checkpoint(src: str, dst: Optional[str] = None, trusted: bool = False, *,
+                             checkpoint: Optional[dict] = None, **kwargs) -> Tuple[dict, ConversionReport]:
     """Convert the checkpoint file ``src`` (see :func:`convert_redet_state_dict` for ``kwargs``, and
-    :func:`load_checkpoint_file` for ``trusted``) and save it to ``dst`` when given. The ``meta`` of the checkpoint
-    is kept (with the conversion summary under ``meta['rotplugin_redet_conversion']``); optimizer state, message hub
-    and the like are dropped (an optimizer's moments would be in e2cnn's basis)."""
-    checkpoint = load_checkpoint_file(src, trusted=trusted)
+    :func:`load_checkpoint_file` for ``trusted``; ``checkpoint``: ``src`` already loaded) and save it to ``dst``
+    when given. The ``meta`` of the checkpoint is kept (with the conversion summary under
+    ``meta['rotplugin_redet_conversion']``); optimizer state, message hub and the like are dropped (an optimizer's
+    moments would be in e2cnn's basis)."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint_file(src, trusted=trusted)
     new_sd, report = convert_redet_state_dict(checkpoint, **kwargs)
     out = {"state_dict": new_sd}
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None

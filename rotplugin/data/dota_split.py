@@ -419,7 +419,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         yield from iterable
         return
-    try:
+    try:  # tqdm is optional: without it, no progress bar
         from tqdm import tqdm
     except ImportError:
         tqdm = None

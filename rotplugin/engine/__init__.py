@@ -3,7 +3,7 @@ from .atomic_dump import AtomicDumpResults
 from .progress import ProgressBarHook
 from .cpu_distributed import CPUDistributedDataParallel, finish_distributed, init_cpu_distributed
 from .rank_check import RankConsistencyHook, state_digests
-from .tta_hook import FeatureRotationTTAHook
+from .rotation_tta_hook import RotationTTAHook
 
-__all__ = ["FeatureRotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "init_cpu_distributed",
+__all__ = ["RotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "init_cpu_distributed",
            "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]

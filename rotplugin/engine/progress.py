@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
 from rotplugin.registry import HOOKS
@@ -28,8 +29,6 @@ class ProgressBarHook(Hook):
         self._start_iter = runner.iter
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        from mmengine.dist import get_rank
-
         done, total = runner.iter + 1, runner.max_iters
         if get_rank() != 0 or (done % self.interval and done != total):
             return

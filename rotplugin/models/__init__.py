@@ -1,13 +1,13 @@
 """Registered mmrotate components (importing this module registers them)."""
 from .backbones.equivariant_resnet import EquivariantResNet
 from .data_preprocessor import EquivariantDetDataPreprocessor
-from .fast_nms_heads import FastNMSRetinaHead, FastNMSRotatedFCOSHead, FastNMSShared2FCBBoxHead
 from .iou_calculators import CircumscribedHBoxOverlaps2D
 from .necks.equivariant_fpn import EquivariantFPN
 from .necks.feature_rotation_neck import FeatureRotationNeck
+from .pruned_nms_heads import PrunedNMSShared2FCBBoxHead
 from .roi_extractors import RiRoIExtractor
 from .tta import FeatureRotationTTAModel, ImageRotationTTAModel
 
 __all__ = ["CircumscribedHBoxOverlaps2D", "EquivariantResNet", "EquivariantFPN", "EquivariantDetDataPreprocessor",
-           "FastNMSRetinaHead", "FastNMSRotatedFCOSHead", "FastNMSShared2FCBBoxHead", "FeatureRotationNeck",
-           "FeatureRotationTTAModel", "ImageRotationTTAModel", "RiRoIExtractor"]
+           "FeatureRotationNeck", "FeatureRotationTTAModel", "ImageRotationTTAModel", "PrunedNMSShared2FCBBoxHead",
+           "RiRoIExtractor"]

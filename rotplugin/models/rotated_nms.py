@@ -25,14 +25,16 @@ mmcv's CPU ``nms_rotated`` clips polygons for every pair of a class (O(n²) exac
 Falls back to mmcv's ``batched_nms`` where the equality is not guaranteed: non-float32 boxes, non-CPU tensors
 (the CUDA kernel is fast already), ``iou_thr <= 0``.
 
-Entry points: :func:`batched_rotated_nms` (the TTA merge: kept indices of the per-class path), and the drop-ins the
-test-time heads of :mod:`rotplugin.models.fast_nms_heads` call: :func:`batched_nms` (mmcv's ``batched_nms``
-signature and result, both of its paths: one kernel call over all class-offset boxes below ``split_thr``, one per
-class above) and :func:`multiclass_nms` (mmdet's ``multiclass_nms``).
+Entry points: :func:`batched_rotated_nms` (the TTA merge: kept indices of the per-class path), and two drop-ins:
+:func:`batched_nms` (mmcv's ``batched_nms`` signature and result, both of its paths: one kernel call over all
+class-offset boxes below ``split_thr``, one per class above) and :func:`multiclass_nms` (mmdet's ``multiclass_nms``,
+on :func:`batched_nms`), which the test-time head of :mod:`rotplugin.models.pruned_nms_heads` calls.
 """
 from __future__ import annotations
 
 import torch
+from mmcv.ops import batched_nms as mmcv_batched_nms
+from mmcv.ops import box_iou_rotated, nms_rotated
 
 __all__ = ["batched_nms", "batched_rotated_nms", "multiclass_nms"]
 
@@ -184,8 +186,6 @@ def _kept_by_kernel(boxes_for_nms: torch.Tensor, orders, iou_thr: float) -> torc
     """What separate calls of mmcv's ``nms_rotated`` kernel keep: one call per index tensor of ``orders`` (each the
     kernel's processing order of its boxes, ``scores[group].sort(0, descending=True)``). Returns the kept indices
     into ``boxes_for_nms``, call after call, each call's in its processing order."""
-    from mmcv.ops import box_iou_rotated
-
     thr = torch.tensor(iou_thr, dtype=torch.float32)  # the kernel compares against a C++ float
     # all calls laid out one after the other: node k is the box ``order[k]``; pairs only within a call
     order = torch.cat(orders)
@@ -245,9 +245,6 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, n
     ``(k, 6)``: the kept boxes and their scores. Everything else (another NMS type, other ``nms_cfg`` keys, CUDA,
     non-float32, ``nms_cfg=None``) is handed to mmcv's ``batched_nms`` unchanged. Empty input gives ``(0, 6)`` dets
     and no indices (mmcv's single-call path returns malformed output there; mmdet's heads never call it empty)."""
-    from mmcv.ops import batched_nms as mmcv_batched_nms
-    from mmcv.ops import nms_rotated
-
     cfg = dict(nms_cfg) if nms_cfg is not None else None
     if (cfg is None or cfg.get("type", "nms") not in ("nms_rotated", nms_rotated) or not set(cfg) <= _NMS_CFG_KEYS
             or _falls_back(boxes, cfg.get("iou_threshold", 0))):

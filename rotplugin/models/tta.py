@@ -25,18 +25,23 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from mmdet.structures import DetDataSample
-from mmdet.structures.bbox import scale_boxes
-from mmengine.model import BaseModel, is_model_wrapper
+from mmdet.structures.bbox import get_box_tensor, scale_boxes
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.structures import InstanceData
+from mmrotate.structures.bbox import RotatedBoxes
 
 from rotplugin.boxes import unrotate_rboxes
 from rotplugin.equivariance import feature_pyramid
-from rotplugin.fields import rotate_fields, rotate_pyramid, rotated_canvas_size
+from rotplugin.canvas import rotated_canvas_size
+from rotplugin.fields import rotate_fields, rotate_pyramid
 from rotplugin.models.rotated_nms import batched_rotated_nms
-from rotplugin.nn.field_layers import trivial_field_type
+from rotplugin.nn.field_layers import make_gspace, trivial_field_type
 from rotplugin.registry import MODELS
 
-__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles"]
+__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles", "unwrap_model", "DEFAULT_TTA_MODEL"]
+
+# what tools/test.py --tta and RotationTTAHook use for a config without tta_model
+DEFAULT_TTA_MODEL = dict(type="FeatureRotationTTAModel", angles=[0, 90, 180, 270])
 
 
 def parse_angles(angles) -> List[float]:
@@ -62,19 +67,32 @@ def parse_angles(angles) -> List[float]:
 
 
 def unwrap_model(model):
+    """The module inside a model wrapper (DDP, ...), else the model itself."""
     return model.module if is_model_wrapper(model) else model
 
 
-class _RotationTTAModel(BaseModel):
-    """Shared machinery: views, heads, box mapping, merge. Subclasses say how a view's features are made."""
+class _RotationTTAModel(BaseTTAModel):
+    """Shared machinery: views, heads, box mapping, merge. Subclasses say how a view's features are made
+    (:meth:`view_features`).
+
+    mmdet 3.x's TTA convention: a config's ``tta_model = dict(type='FeatureRotationTTAModel', angles=[...])`` and
+    ``tools/test.py CONFIG CKPT --tta`` (ours, or mmdet's own) build ``dict(**cfg.tta_model, module=cfg.model)``.
+    Unlike mmdet's ``DetTTAModel`` the views are not made by the data pipeline: every batch is the plain test batch
+    (``tta_pipeline`` = the test pipeline) and the views are made here, on the preprocessed canvas. As a
+    ``BaseTTAModel``, mmengine loads a detector checkpoint into ``module`` without prefixes.
+
+    Per-view API (what :meth:`predict` composes; the benchmarks time its pieces): :meth:`view_sample`,
+    :meth:`view_features`, :meth:`predict_view`, :meth:`predict_views` and :meth:`merge_preds`.
+    """
 
     def __init__(self, module, angles: Sequence[float] = (0, 90, 180, 270), iou_thr: float = 0.1,
                  score_thr: float = 0.05, max_per_img: int = 2000, fibre_interp: Optional[str] = None,
-                 data_preprocessor=None, init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
-        if isinstance(module, dict):
+                 data_preprocessor=None):
+        if isinstance(module, dict):   # mmrotate's registry (BaseTTAModel would build from mmengine's root one)
+            if data_preprocessor is not None:
+                module = dict(module, data_preprocessor=data_preprocessor)
             module = MODELS.build(module)
-        self.module = unwrap_model(module)
+        super().__init__(module=unwrap_model(module))
         self.angles = parse_angles(angles)
         if not 0 <= iou_thr <= 1:
             raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
@@ -83,7 +101,9 @@ class _RotationTTAModel(BaseModel):
         self.timings: Dict[str, float] = defaultdict(float)
 
     # -- subclasses ------------------------------------------------------------------------------------------------
-    def _view_features(self, inputs: torch.Tensor, angle: float, cache: dict):
+    def view_features(self, inputs: torch.Tensor, angle: float, cache: Optional[dict] = None):
+        """The feature pyramid of the view ``angle`` of the preprocessed batch ``inputs`` (``cache``: a dict shared
+        by the views of one batch, for what they have in common)."""
         raise NotImplementedError
 
     # -- mmengine API ----------------------------------------------------------------------------------------------
@@ -93,6 +113,10 @@ class _RotationTTAModel(BaseModel):
         return self.predict(inputs, data_samples)
 
     def test_step(self, data):
+        if isinstance(data, dict) and isinstance(data.get("inputs"), list) and data["inputs"] \
+                and isinstance(data["inputs"][0], list):
+            raise ValueError(f"{type(self).__name__} got a batch of TestTimeAug views (a tta_pipeline with "
+                             f"TestTimeAug): it makes its views itself; set tta_pipeline to the plain test pipeline")
         data = self.module.data_preprocessor(data, False)
         return self.predict(data["inputs"], data["data_samples"])
 
@@ -100,6 +124,18 @@ class _RotationTTAModel(BaseModel):
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, data_samples: List[DetDataSample]) -> List[DetDataSample]:
+        """The merged detections of every view, rescaled to the original images."""
+        per_image = self.predict_views(inputs, data_samples)
+        t0 = time.perf_counter()
+        out = self.merge_preds(per_image)
+        self.timings["merge"] += time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def predict_views(self, inputs: torch.Tensor, data_samples: List[DetDataSample]) -> List[List[DetDataSample]]:
+        """Per image, one :class:`DetDataSample` per view (in the order of ``angles``, ``metainfo['tta_angle']``)
+        whose ``pred_instances`` are the view's detections mapped back to the original canvas (not yet rescaled to
+        the image); the image's ground truth, if any, is carried along."""
         canvas = tuple(inputs.shape[-2:])
         for s in data_samples:
             shape = tuple(s.metainfo.get("batch_input_shape", canvas))
@@ -107,39 +143,43 @@ class _RotationTTAModel(BaseModel):
                 raise ValueError(f"rotation TTA: batch with mixed canvas sizes: sample {s.metainfo.get('img_id')} "
                                  f"has batch_input_shape {shape} but the batch tensor is {canvas}; rotations are "
                                  f"about one canvas centre per batch")
-        per_image: List[List[InstanceData]] = [[] for _ in data_samples]
+        per_image: List[List[DetDataSample]] = [[] for _ in data_samples]
         cache: dict = {}
         for angle in self.angles:
-            feats = self._view_features(inputs, angle, cache)
-            view_canvas = rotated_canvas_size(canvas, angle)
-            view_samples = [self._view_sample(s, view_canvas) for s in data_samples]
+            feats = self.view_features(inputs, angle, cache)
+            view_samples = [self.view_sample(s, angle, canvas) for s in data_samples]
             t0 = time.perf_counter()
-            results = self._heads(feats, view_samples)
+            results = self.predict_view(feats, view_samples)
             self.timings["heads"] += time.perf_counter() - t0
             for i, res in enumerate(results):
                 res = res.clone()
-                boxes = res.bboxes.tensor if hasattr(res.bboxes, "tensor") else res.bboxes
-                res.bboxes = unrotate_rboxes(boxes, angle, canvas)
-                per_image[i].append(res)
-        t0 = time.perf_counter()
-        out = [self._merge(views, sample) for views, sample in zip(per_image, data_samples)]
-        self.timings["merge"] += time.perf_counter() - t0
-        return out
+                res.bboxes = unrotate_rboxes(get_box_tensor(res.bboxes), angle, canvas)
+                view = DetDataSample(metainfo=dict(data_samples[i].metainfo, tta_angle=angle))
+                for key in ("gt_instances", "ignored_instances"):   # ground truth of the original image, if any
+                    if key in data_samples[i]:
+                        view.set_field(data_samples[i].get(key), key)
+                view.pred_instances = res
+                per_image[i].append(view)
+        return per_image
 
     # -- pieces ----------------------------------------------------------------------------------------------------
     @staticmethod
-    def _view_sample(sample: DetDataSample, view_canvas) -> DetDataSample:
+    def view_sample(sample: DetDataSample, angle: float, canvas) -> DetDataSample:
+        """The metainfo the heads see for the view ``angle`` of ``sample`` on the canvas ``canvas = (H, W)``:
+        ``img_shape = batch_input_shape = pad_shape`` = the rotated canvas."""
+        view_canvas = tuple(rotated_canvas_size(canvas, angle))
         view = DetDataSample(metainfo=dict(sample.metainfo))
-        view.set_metainfo({"img_shape": tuple(view_canvas), "batch_input_shape": tuple(view_canvas),
-                           "pad_shape": tuple(view_canvas)})
+        view.set_metainfo({"img_shape": view_canvas, "batch_input_shape": view_canvas, "pad_shape": view_canvas})
         return view
 
-    def _heads(self, feats, samples) -> List[InstanceData]:
+    def predict_view(self, feats, view_samples: List[DetDataSample]) -> List[InstanceData]:
+        """The detector's heads (dense head, or RPN + RoI head) on one view's features, boxes in the view's canvas
+        (not rescaled)."""
         det = self.module
         if getattr(det, "with_rpn", False) or hasattr(det, "roi_head"):
-            rpn = det.rpn_head.predict(feats, samples, rescale=False)
-            return det.roi_head.predict(feats, rpn, samples, rescale=False)
-        return det.bbox_head.predict(feats, samples, rescale=False)
+            rpn = det.rpn_head.predict(feats, view_samples, rescale=False)
+            return det.roi_head.predict(feats, rpn, view_samples, rescale=False)
+        return det.bbox_head.predict(feats, view_samples, rescale=False)
 
     def _extract(self, inputs):
         t0 = time.perf_counter()
@@ -147,17 +187,21 @@ class _RotationTTAModel(BaseModel):
         self.timings["backbone_neck"] += time.perf_counter() - t0
         return feats
 
-    def _merge(self, views: List[InstanceData], sample: DetDataSample) -> DetDataSample:
-        from mmrotate.structures.bbox import RotatedBoxes
+    def merge_preds(self, data_samples_list: List[List[DetDataSample]]) -> List[DetDataSample]:
+        """Merge each image's views (what :meth:`predict_views` returns) by class-wise rotated NMS (mmcv's
+        ``batched_nms(nms_rotated)`` kept set and order, exact IoU only for pairs that can reach ``iou_thr``) after
+        ``score_thr``, keep ``max_per_img`` and rescale to the original image."""
+        return [self._merge(views) for views in data_samples_list]
 
-        boxes = torch.cat([v.bboxes for v in views])
-        scores = torch.cat([v.scores for v in views])
-        labels = torch.cat([v.labels for v in views])
+    def _merge(self, views: List[DetDataSample]) -> DetDataSample:
+        sample = views[0]
+        preds = [v.pred_instances for v in views]
+        boxes = torch.cat([get_box_tensor(p.bboxes) for p in preds])
+        scores = torch.cat([p.scores for p in preds])
+        labels = torch.cat([p.labels for p in preds])
         keep = scores >= self.score_thr
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if boxes.numel():
-            # class-wise rotated NMS, exactly mmcv's batched_nms(nms_rotated, split_thr=0) kept set and order, with
-            # the exact rotated IoU only for the pairs that can reach the threshold (rotplugin.models.rotated_nms)
             idx = batched_rotated_nms(boxes, scores, labels, self.iou_thr)
             idx = idx[: self.max_per_img]
             boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
@@ -167,7 +211,9 @@ class _RotationTTAModel(BaseModel):
         if scale is not None:
             rboxes = scale_boxes(rboxes, [1.0 / s for s in scale])
         result.bboxes, result.scores, result.labels = rboxes, scores, labels
-        out = DetDataSample(metainfo=dict(sample.metainfo))
+        metainfo = dict(sample.metainfo)
+        metainfo.pop("tta_angle", None)
+        out = DetDataSample(metainfo=metainfo)
         for key in ("gt_instances", "ignored_instances"):
             if key in sample:
                 out.set_field(sample.get(key), key)
@@ -196,7 +242,8 @@ class FeatureRotationTTAModel(_RotationTTAModel):
                              f"for such models.") from None
         self.field_types, self.strides = pyramid.field_types, pyramid.strides
 
-    def _view_features(self, inputs, angle, cache):
+    def view_features(self, inputs, angle, cache=None):
+        cache = {} if cache is None else cache
         if "feats" not in cache:
             cache["feats"] = self._extract(inputs)
         feats = cache["feats"]
@@ -215,13 +262,12 @@ class FeatureRotationTTAModel(_RotationTTAModel):
 class ImageRotationTTAModel(_RotationTTAModel):
     """The baseline: rotate the (preprocessed, canvas-padded) input for every view and run the whole detector."""
 
-    def _view_features(self, inputs, angle, cache):
+    def view_features(self, inputs, angle, cache=None):
         if angle % 360 == 0:
             return self._extract(inputs)
         t0 = time.perf_counter()
         gspace = getattr(getattr(self.module, "backbone", None), "gspace", None)
         if gspace is None:  # a plain backbone: any C_N gspace describes the image's scalar channels
-            from rotplugin.nn.field_layers import make_gspace
             gspace = make_gspace(4)
         rotated = rotate_fields(inputs, trivial_field_type(gspace, inputs.shape[1]), angle).contiguous()
         self.timings["rotation"] += time.perf_counter() - t0

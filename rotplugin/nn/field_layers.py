@@ -28,6 +28,8 @@ try:  # escnn warns at import that py3nj (SO(3) only) is missing; we never use S
 except ImportError as err:  # pragma: no cover - import guard
     raise ImportError("rotplugin's equivariant layers need escnn 1.0.11: run `make install`") from err
 
+from rotplugin.fields import fibre_operator, rotate_grid
+
 __all__ = [
     "make_gspace",
     "regular_field_type",
@@ -139,8 +141,6 @@ class FieldConv(nn.Module):
         return self.out_type.size
 
     def _symmetrize(self, filt: torch.Tensor) -> torch.Tensor:
-        from rotplugin.fields import fibre_operator, rotate_grid
-
         if not self._symmetries:
             return filt
         acc = filt.double()

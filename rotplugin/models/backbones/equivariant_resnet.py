@@ -5,11 +5,14 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rotplugin.canvas import check_equivariant_canvas
+from rotplugin.convert.redet import (convert_redet_state_dict, is_redet_state_dict, load_checkpoint_file,
+                                     sub_state_dict, unwrap_state_dict)
 from rotplugin.nn.field_layers import (FieldBatchNorm, FieldConv, export_module, make_gspace, regular_field_type,
                                        trivial_field_type)
 from rotplugin.registry import MODELS
@@ -172,11 +175,6 @@ class EquivariantResNet(BaseModule):
         pretrained = [c for c in cfgs if isinstance(c, dict) and c.get("type") == "Pretrained"]
         if self._is_init or len(pretrained) != 1:
             return super().init_weights()
-        from mmengine.logging import print_log
-
-        from rotplugin.convert.redet import (convert_redet_state_dict, is_redet_state_dict, load_checkpoint_file,
-                                             unwrap_state_dict)
-
         cfg = pretrained[0]
         state_dict = unwrap_state_dict(load_checkpoint_file(cfg["checkpoint"], cfg.get("map_location", "cpu")))
         prefix = cfg.get("prefix")
@@ -186,8 +184,7 @@ class EquivariantResNet(BaseModule):
             return super().init_weights()
         print_log(f"EquivariantResNet: {cfg['checkpoint']} is an e2cnn ReDet checkpoint; converting its backbone to "
                   f"escnn on the fly", logger="current")
-        converted, report = convert_redet_state_dict(state_dict, prefix=prefix, backbone_module=self,
-                                                     parts=("backbone",))
+        converted, report = convert_redet_state_dict(state_dict, self, prefix=prefix, parts=("backbone",))
         others = [c for c in cfgs if c is not cfg]
         if others:  # the other initialisers first, as mmengine does (the checkpoint then overwrites them)
             init_cfg, self.init_cfg = self.init_cfg, others
@@ -195,8 +192,7 @@ class EquivariantResNet(BaseModule):
                 super().init_weights()
             finally:
                 self.init_cfg = init_cfg
-        part = report.parts["backbone"]
-        self.load_state_dict({k[len(part):]: v for k, v in converted.items() if k.startswith(part)}, strict=True)
+        self.load_state_dict(sub_state_dict(converted, report.parts["backbone"]), strict=True)
         summary = report.summary()
         print_log(f"EquivariantResNet: loaded {summary['conv_layers']} converted convolutions and "
                   f"{summary['bn_layers']} batch norms (max relative filter residual "

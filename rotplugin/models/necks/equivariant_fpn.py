@@ -21,7 +21,9 @@ class EquivariantFPN(BaseModule):
 
     Inputs are the backbone's tensors (``in_channels[i]`` channels = regular fields of the same group); outputs are
     ``num_outs`` tensors of ``out_channels`` channels (``out_channels / |G|`` regular fields), strides doubling from
-    the first used input. Arguments follow mmdet's ``FPN``; additionally:
+    the first used input. Arguments follow mmdet's ``FPN``, with its checks: inputs ``start_level`` to ``end_level``
+    *inclusive* are used (``end_level=-1``: up to the last input); extra levels (``num_outs`` beyond the used inputs)
+    only when the last input is used. Additionally:
 
     Args:
         orientation, flip: the group (C_N, or D_N with ``flip=True``); must match the backbone.
@@ -49,14 +51,27 @@ class EquivariantFPN(BaseModule):
         self.gspace = make_gspace(orientation, flip)
         self.in_channels = list(in_channels)
         self.num_ins = len(in_channels)
-        self.end_level = self.num_ins if end_level == -1 else end_level
-        if not 0 <= start_level < self.end_level <= self.num_ins:
-            raise ValueError(f"EquivariantFPN: need 0 <= start_level ({start_level}) < end_level "
-                             f"({self.end_level}) <= number of inputs ({self.num_ins})")
-        used = self.end_level - start_level
-        if num_outs < used:
-            raise ValueError(f"EquivariantFPN: num_outs ({num_outs}) < number of used inputs ({used})")
-        self.start_level, self.num_outs = start_level, num_outs
+        # mmdet's FPN: end_level is the last used input (inclusive), -1 (or the last input) meaning the last input,
+        # which alone allows extra levels; backbone_end_level is the exclusive end
+        if end_level == -1 or end_level == self.num_ins - 1:
+            self.backbone_end_level = self.num_ins
+            if num_outs < self.num_ins - start_level:
+                raise ValueError(f"EquivariantFPN: num_outs ({num_outs}) < number of used inputs "
+                                 f"({self.num_ins - start_level})")
+        else:
+            self.backbone_end_level = end_level + 1
+            if not end_level < self.num_ins:
+                raise ValueError(f"EquivariantFPN: end_level ({end_level}) must be -1 or < number of inputs "
+                                 f"({self.num_ins})")
+            if num_outs != end_level - start_level + 1:
+                raise ValueError(f"EquivariantFPN: with end_level ({end_level}) before the last input, num_outs "
+                                 f"({num_outs}) must be end_level - start_level + 1 ({end_level - start_level + 1})"
+                                 f": no extra levels")
+        if not 0 <= start_level < self.backbone_end_level:  # mmdet would build no laterals and fail in forward
+            raise ValueError(f"EquivariantFPN: need 0 <= start_level ({start_level}) <= end_level ({end_level}, "
+                             f"last used input {self.backbone_end_level - 1})")
+        used = self.backbone_end_level - start_level
+        self.start_level, self.end_level, self.num_outs = start_level, end_level, num_outs
         self.add_extra_convs, self.relu_before_extra_convs = add_extra_convs, relu_before_extra_convs
         self.upsample_mode = upsample_mode
         self.require_equivariant_canvas = require_equivariant_canvas
@@ -66,13 +81,15 @@ class EquivariantFPN(BaseModule):
         self.out_type = regular_field_type(self.gspace, out_channels, "EquivariantFPN out_channels")
         self.out_channels = out_channels
         self.lateral_convs = nn.ModuleList(
-            FieldConv(in_types[i], self.out_type, 1, bias=True, gain=1.0) for i in range(start_level, self.end_level))
+            FieldConv(in_types[i], self.out_type, 1, bias=True, gain=1.0)
+            for i in range(start_level, self.backbone_end_level))
         self.fpn_convs = nn.ModuleList(
             FieldConv(self.out_type, self.out_type, 3, bias=True, gain=1.0) for _ in range(used))
         extra = num_outs - used
         if add_extra_convs and extra > 0:
             for i in range(extra):
-                src = in_types[self.end_level - 1] if (i == 0 and add_extra_convs == "on_input") else self.out_type
+                on_input = i == 0 and add_extra_convs == "on_input"
+                src = in_types[self.backbone_end_level - 1] if on_input else self.out_type
                 self.fpn_convs.append(FieldConv(src, self.out_type, 3, stride=2, bias=True, gain=1.0))
         first_stride = in_strides[start_level]
         self.out_strides = [first_stride * 2 ** i for i in range(num_outs)]
@@ -104,7 +121,7 @@ class EquivariantFPN(BaseModule):
                 for _ in range(self.num_outs - used):
                     outs.append(F.max_pool2d(outs[-1], 1, stride=2))
             else:
-                src = {"on_input": inputs[self.end_level - 1], "on_lateral": laterals[-1],
+                src = {"on_input": inputs[self.backbone_end_level - 1], "on_lateral": laterals[-1],
                        "on_output": outs[-1]}[self.add_extra_convs]
                 outs.append(self.fpn_convs[used](src))
                 for i in range(used + 1, self.num_outs):

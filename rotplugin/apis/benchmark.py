@@ -41,24 +41,28 @@ import os.path as osp
 import time
 import warnings
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.evaluator import Evaluator
+from mmengine.runner import load_checkpoint
+from mmrotate.registry import DATASETS, MODELS
+
+import rotplugin.mm  # noqa: F401  (registers the components, also for configs without custom_imports)
+from rotplugin.data.dota_split import parse_dota_txt
+from rotplugin.equivariance import feature_pyramid
+from rotplugin.evaluation import DOTAClassAPMetric
+from rotplugin.io import ResumableResults, write_atomic
+from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel, parse_angles
+from rotplugin.presets import load_config
 
 __all__ = ["run_benchmark", "format_table", "plot_benchmark", "PlainTimedModel", "check_data_root", "MODES",
-           "TIME_KEYS", "DEMO_CONFIG", "DEMO_DIR", "DEMO_CHECKPOINT", "DEMO_DATA", "DEMO_OUT_DIR", "JSON_NAME",
-           "PNG_NAME"]
+           "TIME_KEYS", "JSON_NAME", "PNG_NAME"]
 
-ROOT = Path(__file__).resolve().parents[2]
 MODES = ("none", "image", "feature")
 TIME_KEYS = ("backbone_neck", "heads", "rotation", "merge", "other")
-# the demo model of `make demo` (tools/demo.py): what tools/benchmark.py runs without arguments
-DEMO_CONFIG = ROOT / "configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
-DEMO_DIR = ROOT / "work_dirs/demo"   # tools/demo.py's default --out; the three below are its layout
-DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
-DEMO_DATA = DEMO_DIR / "data/test"
-DEMO_OUT_DIR = DEMO_DIR / "benchmark"
 JSON_NAME, PNG_NAME = "benchmark.json", "benchmark.png"
 
 
@@ -139,8 +143,6 @@ def check_data_root(img_dir: str, ann_dir: str, img_suffix: str = "png", classes
     """The sorted image ids of a DOTA-format set that have both ``img_dir/<id>.<img_suffix>`` and
     ``ann_dir/<id>.txt``; clear errors for a missing folder, no images, no labels, labels without image, classes
     outside ``classes``; images without labels are left out with a message."""
-    from rotplugin.data.dota_split import parse_dota_txt
-
     if not osp.isdir(img_dir):
         raise FileNotFoundError(f"image folder {img_dir!r} does not exist: a DOTA-format data root holds images/ "
                                 f"and labelTxt/ (tools/make_synthetic_dota.py or tools/dota_split.py write them)")
@@ -242,7 +244,7 @@ def format_table(results: Dict[str, dict]) -> str:
 def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
     """Bar chart (PNG, matplotlib Agg, no pyplot state): mAP per mode, and seconds per image per mode stacked by
     the time split. Written through a temp file and a rename."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib (~0.5 s) only when a chart is drawn
     from matplotlib.figure import Figure
 
     modes = list(results)
@@ -267,8 +269,6 @@ def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize="small")
     fig.tight_layout()
-    from rotplugin.io import write_atomic
-
     write_atomic(path, lambda fh: fig.savefig(fh, format="png"), "wb")
 
 
@@ -331,12 +331,6 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     ``merge`` (TTA merge thresholds), ``device``, ``torch_threads``, ``measured_at`` and ``settings`` (what decides
     whether a rerun skips it).
     """
-    from mmengine.config import Config
-
-    from rotplugin.io import ResumableResults
-    from rotplugin.models.tta import parse_angles
-    from rotplugin.presets import load_config
-
     modes = _parse_modes(modes)
     angles = parse_angles(angles)
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
@@ -346,9 +340,7 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
 
     # -- config, checkpoint, data: checked before anything runs --------------------------------------------------
     if isinstance(config, Config):
-        from mmrotate.utils import register_all_modules
-
-        register_all_modules(init_default_scope=True)  # what load_config does for a path
+        rotplugin.mm.register_all_modules(init_default_scope=True)  # what load_config does for a path
         cfg, config_name = copy.deepcopy(config), config.filename or "<Config object>"
     else:
         if not osp.isfile(str(config)):
@@ -358,8 +350,6 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
         cfg.merge_from_dict(cfg_options)
     if not osp.isfile(str(checkpoint)):
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
-    import rotplugin  # noqa: F401  (registers the components for configs without custom_imports)
-
     dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
     if data_root is not None:
         data_root = osp.abspath(str(data_root))
@@ -379,7 +369,6 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     img_suffix = dataset_cfg.get("img_suffix", "png")
     classes = (dataset_cfg.get("metainfo") or {}).get("classes")
     if classes is None:
-        from mmrotate.registry import DATASETS
         classes = DATASETS.get(dataset_cfg["type"]).METAINFO["classes"]
     ids = check_data_root(img_dir, ann_dir, img_suffix, classes, log=log)
     if max_images is not None:
@@ -412,24 +401,13 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
 
 
 def _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings, store, warmup, device, log):
-    from mmengine.dataset import pseudo_collate
-    from mmengine.evaluator import Evaluator
-    from mmengine.runner import load_checkpoint
-    from mmrotate.registry import DATASETS, MODELS
-
-    from rotplugin.evaluation import DOTAClassAPMetric
-    from rotplugin.equivariance import feature_pyramid
-    from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
-    from rotplugin.presets import trusted_checkpoints
-
     detector = MODELS.build(cfg.model)
     if "feature" in todo:
         feature_pyramid(detector, "feature TTA")  # clear error for a model whose features cannot be rotated
-    with trusted_checkpoints():
-        try:
-            load_checkpoint(detector, str(checkpoint), map_location="cpu", strict=True, logger="silent")
-        except RuntimeError as err:
-            raise ValueError(f"checkpoint {checkpoint} does not fit the model of the config: {err}") from None
+    try:  # a Runner checkpoint loads with weights_only: this module imports rotplugin.mm
+        load_checkpoint(detector, str(checkpoint), map_location="cpu", strict=True, logger="silent")
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {checkpoint} does not fit the model of the config: {err}") from None
     detector = detector.to(device).eval()
 
     with warnings.catch_warnings():

@@ -1,5 +1,5 @@
-"""The heads' drop-in rotated NMS (rotplugin.models.rotated_nms.batched_nms / multiclass_nms) and the FastNMS*
-heads give exactly what mmcv's batched_nms, mmdet's multiclass_nms and the mmdet/mmrotate heads give."""
+"""The drop-in rotated NMS (rotplugin.models.rotated_nms.batched_nms / multiclass_nms) and the
+PrunedNMSShared2FCBBoxHead give exactly what mmcv's batched_nms, mmdet's multiclass_nms and mmdet's head give."""
 import pytest
 import torch
 
@@ -119,14 +119,14 @@ def load(config):
 
 
 def twin_heads(head_cfg, reference_type):
-    """The FastNMS head of the config and the mmdet/mmrotate head it replaces, with the same weights."""
+    """The pruned-NMS head of the config and the mmdet head it replaces, with the same weights."""
     from mmrotate.registry import MODELS
 
-    fast = MODELS.build(head_cfg.copy())
+    pruned = MODELS.build(head_cfg.copy())
     ref = MODELS.build(dict(head_cfg.copy(), type=reference_type))
-    ref.load_state_dict(fast.state_dict())
-    assert type(fast) is not type(ref) and isinstance(fast, type(ref))
-    return fast.eval(), ref.eval()
+    ref.load_state_dict(pruned.state_dict())
+    assert type(pruned) is not type(ref) and isinstance(pruned, type(ref))
+    return pruned.eval(), ref.eval()
 
 
 def assert_same_instances(a, b):
@@ -139,70 +139,30 @@ def assert_same_instances(a, b):
 
 @pytest.mark.parametrize("num_rois", [600, 800, 0])
 def test_oriented_rcnn_bbox_head_same_as_mmdet(num_rois):
-    from rotplugin.models import FastNMSShared2FCBBoxHead
+    from rotplugin.models import PrunedNMSShared2FCBBoxHead
 
     cfg = load("configs/oriented_rcnn/oriented-rcnn-le90_er50-c8_efpn_1x_dota.py")
-    assert cfg.model.roi_head.bbox_head.type == "FastNMSShared2FCBBoxHead"
-    fast, ref = twin_heads(cfg.model.roi_head.bbox_head, "mmdet.Shared2FCBBoxHead")
-    assert isinstance(fast, FastNMSShared2FCBBoxHead)
+    assert cfg.model.roi_head.bbox_head.type == "PrunedNMSShared2FCBBoxHead"
+    pruned, ref = twin_heads(cfg.model.roi_head.bbox_head, "mmdet.Shared2FCBBoxHead")
+    assert isinstance(pruned, PrunedNMSShared2FCBBoxHead)
     g = torch.Generator().manual_seed(num_rois)
     boxes, _, _ = random_boxes(g, num_rois, 400.0, (8.0, 80.0))
     rois = torch.cat([torch.zeros(num_rois, 1), boxes], 1)
-    cls_score = torch.randn(num_rois, fast.num_classes + 1, generator=g) * 0.5
-    box_sets = 1 if fast.reg_class_agnostic else fast.num_classes
+    cls_score = torch.randn(num_rois, pruned.num_classes + 1, generator=g) * 0.5
+    box_sets = 1 if pruned.reg_class_agnostic else pruned.num_classes
     bbox_pred = torch.randn(num_rois, box_sets * 5, generator=g) * 0.1
     metas = [dict(img_shape=(513, 513), scale_factor=(1.0, 1.0))]
     test_cfg = cfg.model.test_cfg.rcnn.copy()
     test_cfg.score_thr = 0.02
     with torch.no_grad():
         args = ((rois,), (cls_score,), (bbox_pred,), metas)
-        got = fast.predict_by_feat(*args, rcnn_test_cfg=test_cfg)[0]
+        got = pruned.predict_by_feat(*args, rcnn_test_cfg=test_cfg)[0]
         want = ref.predict_by_feat(*args, rcnn_test_cfg=test_cfg)[0]
         if num_rois == 0:
             assert len(got) == len(want) == 0 and type(got.bboxes) is type(want.bboxes)
             return
         assert_same_instances(got, want)
-        assert len(got) < num_rois * fast.num_classes  # NMS suppressed boxes
-        raw, raw_ref = (h.predict_by_feat(*args, rcnn_test_cfg=None)[0] for h in (fast, ref))  # aug-test path
+        assert len(got) < num_rois * pruned.num_classes  # NMS suppressed boxes
+        raw, raw_ref = (h.predict_by_feat(*args, rcnn_test_cfg=None)[0] for h in (pruned, ref))  # aug-test path
         assert torch.equal(raw.bboxes, raw_ref.bboxes) and torch.equal(raw.scores, raw_ref.scores)
 
-
-def dense_outputs(head, size, g, channels_per_anchor):
-    strides = [s[0] if isinstance(s, tuple) else s for s in head.prior_generator.strides]
-    shapes = [((size - 1) // s + 1,) * 2 for s in strides]
-    return [[torch.randn(1, c, *hw, generator=g) for hw in shapes] for c in channels_per_anchor]
-
-
-DENSE_HEADS = [
-    ("configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py", "FastNMSRetinaHead",
-     "mmdet.RetinaHead"),
-    ("configs/rotated_fcos/rotated-fcos-hbox-le90_er50-c8_efpn_1x_dota.py", "FastNMSRotatedFCOSHead",
-     "RotatedFCOSHead"),
-]
-
-
-@pytest.mark.parametrize("config, fast_type, reference_type", DENSE_HEADS)
-def test_dense_head_same_as_reference(config, fast_type, reference_type):
-    import rotplugin.models
-
-    cfg = load(config)  # these configs keep the stock head (no gain measured there): the FastNMS one is selected
-    assert cfg.model.bbox_head.type == reference_type
-    fast, ref = twin_heads(dict(cfg.model.bbox_head, type=fast_type), reference_type)
-    assert isinstance(fast, getattr(rotplugin.models, fast_type))
-    g = torch.Generator().manual_seed(0)
-    if hasattr(fast, "angle_coder"):  # FCOS: class scores, distances, angle, centerness per point
-        outs = dense_outputs(fast, 257, g, [fast.cls_out_channels, 4, fast.angle_coder.encode_size, 1])
-        outs[1] = [d.exp() * 8 for d in outs[1]]
-    else:  # RetinaNet: class scores and box deltas per anchor
-        priors = fast.num_base_priors
-        outs = dense_outputs(fast, 257, g, [priors * fast.cls_out_channels, priors * 5])
-        outs[0] = [c - 3 for c in outs[0]]
-    metas = [dict(img_shape=(257, 257), scale_factor=(1.0, 1.0))]
-    test_cfg = cfg.model.test_cfg.copy()
-    test_cfg.score_thr = 0.05
-    with torch.no_grad():
-        got = fast.predict_by_feat(*outs, batch_img_metas=metas, cfg=test_cfg)[0]
-        want = ref.predict_by_feat(*outs, batch_img_metas=metas, cfg=test_cfg)[0]
-        before_nms = fast.predict_by_feat(*outs, batch_img_metas=metas, cfg=test_cfg, with_nms=False)[0]
-    assert_same_instances(got, want)
-    assert len(got) < len(before_nms)  # NMS suppressed boxes
