@@ -7,8 +7,9 @@ centre (spatial part) and every field's channels are mixed by its representation
 Conventions
 -----------
 Pixel / feature coordinates ``(y, x)``, the feature grid of a stride, the canvas and its centre, the sign of angles,
-the mirror and the point map of a rotation are those of :mod:`rotplugin.canvas` (positive = the direction of ``torch.rot90(x, 1, dims=(-2, -1))``,
-``(y, x) -> (-x, y)`` relative to the centre for +90°). What this module adds:
+the mirror and the point map of a rotation are those of :mod:`rotplugin.canvas` (positive = the direction of
+``torch.rot90(x, 1, dims=(-2, -1))``, ``(y, x) -> (-x, y)`` relative to the centre for +90°). What this module
+adds:
 
 * **Channels.** The channels of a ``(B, C, h, w)`` tensor are the fields of an escnn ``FieldType`` in escnn's layout:
   field ``i`` occupies the ``field_type.representations[i].size`` consecutive channels after those of fields

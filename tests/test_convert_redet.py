@@ -395,7 +395,8 @@ def test_field_conv_loads_state_dicts_of_either_mode():
             assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
 
 
-@pytest.mark.skipif(not os.environ.get("ROTPLUGIN_SLOW_TESTS"), reason="full-width ReResNet-50: set ROTPLUGIN_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("ROTPLUGIN_SLOW_TESTS"),
+                    reason="full-width ReResNet-50: set ROTPLUGIN_SLOW_TESTS=1")
 def test_full_width_redet_r50(image, tmp_path):
     """ReDet's own architecture (ReResNet-50 C8, ReFPN 256): the converted file reproduces the pyramid."""
     start = time.perf_counter()

@@ -46,7 +46,8 @@ def reference(small_setup):
     model.load_state_dict(torch.load(str(ckpt), weights_only=True)["state_dict"])
     model.eval()
     kw = dict(angles=[0, 90, 180, 270], score_thr=0.005)
-    models = {"none": model, "feature": FeatureRotationTTAModel(model, **kw), "image": ImageRotationTTAModel(model, **kw)}
+    models = {"none": model, "feature": FeatureRotationTTAModel(model, **kw),
+              "image": ImageRotationTTAModel(model, **kw)}
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     out = {}
     for tta, m in models.items():

@@ -88,9 +88,10 @@ def main(argv=None):
     store.data.update({"image": source, "image_shape": list(image.shape[-2:])})
     for canvas, key in tables:
         padded = pad_image(image, pyramid.max_stride, canvas=canvas)
-        report = measure_equivariance(pyramid.extract, padded, pyramid.field_types, pyramid.strides, args.angles, flips,
-                                      fibre_interp=args.fibre_interp, metric=args.metric)
-        name = "equivariant canvas (≡ 1 mod max stride)" if canvas else f"plain padding to multiples of {pyramid.max_stride}"
+        report = measure_equivariance(pyramid.extract, padded, pyramid.field_types, pyramid.strides, args.angles,
+                                      flips, fibre_interp=args.fibre_interp, metric=args.metric)
+        name = ("equivariant canvas (≡ 1 mod max stride)" if canvas
+                else f"plain padding to multiples of {pyramid.max_stride}")
         print()
         print(report.table(f"== {name} =="))
         store.put(key, report.to_json(), settings)

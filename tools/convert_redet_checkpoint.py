@@ -24,7 +24,6 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", message=".*py3nj.*")  # escnn's, at import: SO(3) only, never used here
 
 from rotplugin.convert import (ArchitectureMismatch, RedetConversionError, convert_redet_checkpoint,  # noqa: E402
