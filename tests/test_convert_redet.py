@@ -5,6 +5,7 @@ conversion our escnn modules must give the same pyramid on a real DOTA image. De
 depth-50 (bottleneck) variant keep this file fast; the full-width ReResNet-50 + ReFPN (about 40 s to build in e2cnn on
 this machine) runs only with ``ROTPLUGIN_SLOW_TESTS=1`` (``test_full_width_redet_r50``).
 """
+import argparse
 import functools
 import os
 import sys
@@ -233,11 +234,13 @@ def test_checkpoint_file_tool_and_init_weights(redet, redet_outputs, image, tmp_
     torch.save(redet["train_ckpt"], src)
     # flags that agree with the checkpoint are accepted
     args = [str(src), str(dst), "--depth", "50", "--stem-channels", "16", "--base-channels", "16", "--quiet"]
-    # like a checkpoint of mmengine's runner: Python objects that torch's safe loading refuses
-    runner_ckpt = tmp_path / "runner.pth"
-    torch.save(dict(redet["train_ckpt"], message_hub=np.float64(1.0)), runner_ckpt)
-    assert main([str(runner_ckpt)] + args[1:]) == 2  # refused, with a hint to --trusted
-    assert "message_hub" in redet_mod.load_checkpoint_file(str(runner_ckpt), trusted=True)
+    # a runner checkpoint's numpy objects load safely (rotplugin.checkpoints); other Python objects are refused
+    runner_ckpt, odd_ckpt = tmp_path / "runner.pth", tmp_path / "odd.pth"
+    torch.save(dict(redet["train_ckpt"], message_hub=dict(eta=np.float64(1.0))), runner_ckpt)
+    assert redet_mod.load_checkpoint_file(str(runner_ckpt))["message_hub"]["eta"] == 1.0
+    torch.save(dict(redet["train_ckpt"], message_hub=argparse.Namespace(eta=1.0)), odd_ckpt)
+    assert main([str(odd_ckpt)] + args[1:]) == 2  # refused, with a hint to --trusted
+    assert redet_mod.load_checkpoint_file(str(odd_ckpt), trusted=True)["message_hub"].eta == 1.0
     assert main(args + ["--json", str(tmp_path / "report.json")]) == 0
     saved = torch.load(dst)  # the converted file loads with weights_only=True
     assert saved["meta"]["epoch"] == 12 and saved["meta"]["rotplugin_redet_conversion"]["conv_layers"] == 61

@@ -110,7 +110,7 @@ def run_one_process(script, *args):
 
 
 def load_state(path):
-    return torch.load(str(path), map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(str(path), map_location="cpu", weights_only=True)["state_dict"]  # rotplugin.checkpoints
 
 
 def max_abs_diff(a, b):

@@ -169,7 +169,7 @@ def test_tools_train_two_iterations_and_resume(small_setup):
     runner = main([str(train_config), "--work-dir", str(work), "--resume", "--cfg-options",
                    "train_cfg.max_iters=3"])
     assert runner.iter == 3 and (work / "iter_3.pth").exists()
-    saved = __import__("torch").load(str(work / "iter_2.pth"), map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(str(work / "iter_2.pth"), map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], before[k]) for k in saved)
     # a checkpoint written by the Runner (message hub inside) loads in tools/test.py with feature TTA
     test_main = load_tool("test").main

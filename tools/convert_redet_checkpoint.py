@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prefix", default=None,
                         help="key prefix of the backbone (default: auto, 'backbone.' in detector checkpoints)")
     parser.add_argument("--trusted", action="store_true",
-                        help="load SRC with torch.load(weights_only=False): needed for checkpoints saved by mmengine's "
-                             "runner (message_hub, numpy objects); only for files you trust")
+                        help="load SRC with torch.load(weights_only=False): only for files you trust that hold Python "
+                             "objects besides tensors (an mmengine runner's checkpoints load without it)")
     parser.add_argument("--json", default=None, help="also write the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)

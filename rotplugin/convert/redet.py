@@ -65,6 +65,7 @@ import torch
 from escnn import nn as enn
 from torch import nn
 
+from rotplugin.checkpoints import allow_runner_checkpoints
 from rotplugin.nn.field_layers import FieldBatchNorm, FieldConv, make_gspace
 
 __all__ = [
@@ -167,9 +168,11 @@ class ConversionReport:
 def load_checkpoint_file(path: str, map_location="cpu", trusted: bool = False) -> dict:
     """Load a checkpoint file (or URL) with mmengine's loader (torch's safe ``weights_only`` unpickling).
 
-    Checkpoints saved by mmengine's runner also pickle Python objects (``message_hub``, numpy scalars), which safe
-    loading refuses; ``trusted=True`` loads local files with ``weights_only=False`` (only for files you trust: it
-    can run arbitrary code)."""
+    The message hub and numpy objects of checkpoints that mmengine's runner saved load safely
+    (:func:`rotplugin.checkpoints.allow_runner_checkpoints`); any other Python object is refused, unless
+    ``trusted=True``, which loads local files with ``weights_only=False`` (only for files you trust: it can run
+    arbitrary code)."""
+    allow_runner_checkpoints()
     if trusted and os.path.isfile(path):
         return torch.load(path, map_location=map_location, weights_only=False)
     try:  # mmengine is imported only here: the converter itself needs no mm* package
