@@ -40,7 +40,7 @@ from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLa
 from rotplugin.data.dota_synth import generate_dataset
 from rotplugin.equivariance import measure_equivariance, pad_image
 from rotplugin.io import image_to_tensor, load_image, write_atomic, write_json_atomic
-from rotplugin.models.tta import FeatureRotationTTAModel, parse_angles, unwrap_model
+from rotplugin.models.tta import parse_angles, unwrap_model
 from rotplugin.presets import load_config
 from rotplugin.visualization import detection_comparison, detection_panel, visualize_detector_fields
 
@@ -166,10 +166,8 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     classes = tuple(dataset.metainfo["classes"])
-    nms = cfg.model.test_cfg
     views = parse_angles(angles)
-    tta = FeatureRotationTTAModel(model, angles=views, iou_thr=nms.nms.iou_threshold, score_thr=nms.score_thr,
-                                  max_per_img=nms.max_per_img)
+    tta = MODELS.build(dict(cfg.tta_model, module=model, angles=views))   # the config's rotation TTA
     shutil.rmtree(layout.detections_dir, ignore_errors=True)
     layout.detections_dir.mkdir(parents=True)
     paths = []
