@@ -27,7 +27,12 @@ from conftest import ROOT, dota_test_dataloader, dota_train_dataloader, save_con
 FCOS = ROOT / "configs/rotated_fcos/rotated-fcos-hbox-le90_er50-c8_efpn_1x_dota.py"
 RETINA = ROOT / "configs/rotated_retinanet/rotated-retinanet-rbox-le90_er50-c8_efpn_1x_dota.py"
 PYTHON = os.environ.get("PYTHON", str(ROOT / ".venv/bin/python"))
-TOL_PARAM = 1e-5
+# 2 processes x batch 1 against 1 process x batch 2: float32 rounding differs (other convolution blocking for a batch
+# of 1 and of 2) and the differences grow as training goes on, by how much depends on the CPU's kernels: after 2 / 4 /
+# 6 iterations of the FCOS test 6e-8 / 6e-6 / 3.1e-5 on an AVX2 machine (1.2e-7 after 6 on an earlier one). A
+# different average (RetinaNet's per-process normalisation) differs by 2.7e-2, and training moves them by 3e-2.
+TOL_PARAM_ITER2 = 1e-6
+TOL_PARAM = 1e-4
 # every run is a subprocess that sees no GPU, so the CPU (gloo) path is checked on machines with CUDA too
 CPU_ENV = dict(CUDA_VISIBLE_DEVICES="")
 
@@ -166,9 +171,12 @@ def test_two_processes_train_resume_and_equal_one_process(data):
     assert (work1 / "iter_6.pth").exists()
     ref = load_state(work1 / "iter_6.pth")
     diff = max_abs_diff(last, ref)
+    diff2 = max_abs_diff(load_state(work2 / "iter_2.pth"), load_state(work1 / "iter_2.pth"))
     moved = max_abs_diff(ref, load_state(work1 / "iter_2.pth"))
-    report("fcos 2-proc vs 1-proc", max_abs_param_diff=diff, max_change_iter2_to_6=moved)
+    report("fcos 2-proc vs 1-proc", max_abs_param_diff=diff, max_abs_param_diff_iter2=diff2,
+           max_change_iter2_to_6=moved)
     assert moved > 100 * TOL_PARAM, "training barely moved the parameters: the comparison would prove nothing"
+    assert diff2 <= TOL_PARAM_ITER2, f"after 2 iterations, 2 processes x batch 1 differ from 1 x 2 by {diff2:.3e}"
     assert diff <= TOL_PARAM, f"2 processes x batch 1 differ from 1 process x batch 2 by {diff:.3e}"
 
 

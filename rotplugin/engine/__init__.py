@@ -1,9 +1,9 @@
 """Registered mmengine hooks, model wrappers and metrics."""
 from .atomic_dump import AtomicDumpResults
 from .progress import ProgressBarHook
-from .cpu_distributed import CPUDistributedDataParallel, finish_distributed, init_cpu_distributed
+from .cpu_distributed import CPUDistributedDataParallel, end_torchrun_worker, finish_distributed, init_cpu_distributed
 from .rank_check import RankConsistencyHook, state_digests
 from .rotation_tta_hook import RotationTTAHook
 
-__all__ = ["RotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "init_cpu_distributed",
+__all__ = ["RotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "end_torchrun_worker", "init_cpu_distributed",
            "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]
