@@ -5,5 +5,5 @@ from .cpu_distributed import CPUDistributedDataParallel, end_torchrun_worker, fi
 from .rank_check import RankConsistencyHook, state_digests
 from .rotation_tta_hook import RotationTTAHook
 
-__all__ = ["RotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "end_torchrun_worker", "init_cpu_distributed",
-           "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]
+__all__ = ["RotationTTAHook", "CPUDistributedDataParallel", "finish_distributed", "end_torchrun_worker",
+           "init_cpu_distributed", "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]
