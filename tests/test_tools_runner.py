@@ -113,8 +113,7 @@ def test_mmdet_tools_test_runs_our_feature_tta(small_setup, reference):
     from rotplugin.models import FeatureRotationTTAModel
 
     tool = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "tools", "test.py")
-    if not os.path.isfile(tool):
-        pytest.skip(f"this mmdet install does not ship its tools ({tool})")
+    assert os.path.isfile(tool), f"mmdet 3.3.0's wheel ships its tools; not found at {tool}"
     tmp, config, ckpt = small_setup
     out = tmp / "mmdet_tta.pkl"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
