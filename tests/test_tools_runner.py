@@ -30,34 +30,42 @@ def small_setup(tmp_path_factory):
     return tmp, config, ckpt
 
 
-@pytest.fixture(scope="module")
-def reference(small_setup):
-    """``{tta: {img_id: (boxes, scores, labels)}}`` computed without any tool: the detector of the config with the
-    checkpoint's weights, plain or wrapped in the TTA models directly."""
+def _direct_predictions(config, ckpt, wrappers):
+    """``{name: {img_id: (boxes, scores, labels)}}`` computed without any tool: the detector of ``config`` with the
+    weights of ``ckpt``, wrapped by each ``wrappers[name](detector, cfg)`` (``None``: the plain detector), on the
+    config's test set."""
     from mmdet.structures.bbox import get_box_tensor
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmrotate.registry import DATASETS, MODELS
-    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
 
-    tmp, config, ckpt = small_setup
     cfg = Config.fromfile(str(config))
     model = MODELS.build(cfg.model)
     model.load_state_dict(torch.load(str(ckpt), weights_only=True)["state_dict"])
     model.eval()
-    kw = dict(angles=[0, 90, 180, 270], score_thr=0.005)
-    models = {"none": model, "feature": FeatureRotationTTAModel(model, **kw),
-              "image": ImageRotationTTAModel(model, **kw)}
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     out = {}
-    for tta, m in models.items():
-        out[tta] = {}
+    for name, wrap in wrappers.items():
+        m = model if wrap is None else wrap(model, cfg)
+        out[name] = {}
         for i in range(len(dataset)):
             with torch.no_grad():
                 pred = m.test_step(pseudo_collate([dataset[i]]))[0]
             p = pred.pred_instances
-            out[tta][pred.img_id] = (get_box_tensor(p.bboxes), p.scores, p.labels)
+            out[name][pred.img_id] = (get_box_tensor(p.bboxes), p.scores, p.labels)
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(small_setup):
+    """``{tta: {img_id: (boxes, scores, labels)}}``: the plain detector and the two TTA models, applied directly."""
+    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
+
+    _, config, ckpt = small_setup
+    kw = dict(angles=[0, 90, 180, 270], score_thr=0.005)
+    return _direct_predictions(config, ckpt, {"none": None,
+                                              "feature": lambda m, cfg: FeatureRotationTTAModel(m, **kw),
+                                              "image": lambda m, cfg: ImageRotationTTAModel(m, **kw)})
 
 
 def _dumped(path):
@@ -110,7 +118,6 @@ def test_mmdet_tools_test_runs_our_feature_tta(small_setup, reference):
     """mmdet 3.x's own tools/test.py (shipped in the mmdet package) with --tta builds the config's tta_model
     around the detector and gives the feature-TTA predictions (here with the config's angles, 0° and 180°)."""
     import mmdet
-    from rotplugin.models import FeatureRotationTTAModel
 
     tool = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "tools", "test.py")
     assert os.path.isfile(tool), f"mmdet 3.3.0's wheel ships its tools; not found at {tool}"
@@ -119,24 +126,13 @@ def test_mmdet_tools_test_runs_our_feature_tta(small_setup, reference):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     subprocess.run([sys.executable, tool, str(config), str(ckpt), "--tta", "--out", str(out),
                     "--work-dir", str(tmp / "mmdet_work")], check=True, cwd=str(tmp), env=env, capture_output=True)
-    # what the TTA model of the config computes, directly
-    from mmdet.structures.bbox import get_box_tensor
+    # what the TTA model of the config computes, built directly from tta_model
     from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-    from mmrotate.registry import DATASETS, MODELS
+    from mmrotate.registry import MODELS
 
-    cfg = Config.fromfile(str(config))
-    model = MODELS.build(cfg.model)
-    model.load_state_dict(torch.load(str(ckpt), weights_only=True)["state_dict"])
-    tta = FeatureRotationTTAModel(model.eval(), **{k: v for k, v in cfg.tta_model.items() if k != "type"})
-    dataset = DATASETS.build(cfg.test_dataloader.dataset)
-    want = {}
-    for i in range(len(dataset)):
-        with torch.no_grad():
-            pred = tta.test_step(pseudo_collate([dataset[i]]))[0]
-        want[pred.img_id] = (get_box_tensor(pred.pred_instances.bboxes), pred.pred_instances.scores,
-                             pred.pred_instances.labels)
-    _assert_same(_dumped(out), want)
+    assert Config.fromfile(str(config)).tta_model.type == "FeatureRotationTTAModel"
+    want = _direct_predictions(config, ckpt, {"tta": lambda m, cfg: MODELS.build(dict(cfg.tta_model, module=m))})
+    _assert_same(_dumped(out), want["tta"])
 
 
 def test_tools_test_rejects_bad_angles(small_setup):
