@@ -20,24 +20,37 @@ evaluation on a 2-core machine, more than the evaluation itself for small sets).
 ``DOTAMetric``'s, except that the ``Task1_<class>.txt`` files and the zip are written into a temporary folder beside
 ``outfile_prefix`` that is renamed to it when complete (an interrupted run leaves no partial submission), and that
 ``outfile_prefix`` may be an empty folder.
+
+:func:`results_to_task1` turns the pickle of ``tools/test.py --out`` (mmengine's ``DumpResults``) into the
+detections of :func:`rotplugin.data.dota_eval.evaluate_task1` (``tools/eval_dota.py``): patches moved to their full
+image and merged as ``DOTAMetric(merge_patches=True)`` merges them, but with the scores unrounded (mmrotate writes
+them to the Task1 files rounded to 2 decimals).
 """
 from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 import shutil
 import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Dict
+from typing import Dict, List, Sequence
 
+import torch
+from mmcv.ops import nms_rotated
+from mmdet.structures.bbox import get_box_tensor
 from mmengine.logging import MMLogger
 from mmrotate.evaluation.functional import eval_rbbox_map, mean_ap
 from mmrotate.evaluation.metrics import DOTAMetric
 
+from rotplugin.boxes import rbox_to_polygon
 from rotplugin.registry import METRICS
 
-__all__ = ["DOTAClassAPMetric", "in_process_pool"]
+__all__ = ["DOTAClassAPMetric", "in_process_pool", "results_to_task1", "PATCH_NAME"]
+
+# a patch of tools/dota_split.py: <image id>__<window side>__<x>___<y>
+PATCH_NAME = re.compile(r"^(?P<image>.+)__(?P<size>\d+)__(?P<x>-?\d+)___(?P<y>-?\d+)$")
 
 
 class _SerialPool:
@@ -140,3 +153,60 @@ class DOTAClassAPMetric(DOTAMetric):
                 out[f"AP_{name}"] = per_class[name]["ap"]
         self.class_results = per_class
         return out
+
+
+def results_to_task1(results: Sequence[dict], classes: Sequence[str], merge_iou: float = 0.1,
+                     source: str = "results") -> Dict[str, List[tuple]]:
+    """``{class: [(image_id, score, 8 coordinates), ...]}`` from the per-image results of ``DumpResults``
+    (``tools/test.py --out``: dicts with ``img_id`` or ``img_path`` and ``pred_instances`` of le90 rotated boxes,
+    scores, labels indexing ``classes``).
+
+    A result named like a patch (``<image id>__<size>__<x>___<y>``, :data:`PATCH_NAME`) is moved by ``(x, y)`` to
+    its full image, and the patches of an image are merged by class-wise rotated NMS at IoU ``merge_iou`` (mmcv's
+    ``nms_rotated``, as ``DOTAMetric.merge_results``); other results are full images, taken as they are.
+    Polygons: the corners of each box (:func:`rotplugin.boxes.rbox_to_polygon`)."""
+    if not 0.0 <= merge_iou <= 1.0:
+        raise ValueError(f"merge_iou must be in [0, 1], got {merge_iou}")
+    by_image: Dict[str, list] = {}
+    patched = set()
+    for k, res in enumerate(results):
+        if not isinstance(res, dict) or "pred_instances" not in res:
+            raise ValueError(f"{source}: entry {k} is not a detection result (a dict with pred_instances); give the "
+                             f"pickle of tools/test.py --out")
+        name = res.get("img_id")
+        if not isinstance(name, str):
+            name = osp.splitext(osp.basename(str(res.get("img_path", ""))))[0]
+        if not name:
+            raise ValueError(f"{source}: entry {k} names no image (img_id / img_path)")
+        pred = res["pred_instances"]
+        boxes = get_box_tensor(pred["bboxes"]).detach().to("cpu", torch.float64)
+        if boxes.ndim != 2 or boxes.shape[-1] != 5:
+            raise ValueError(f"{source}: entry {k} ({name}): expected rotated boxes (n, 5), got {tuple(boxes.shape)}")
+        scores = torch.as_tensor(pred["scores"]).detach().to("cpu", torch.float64)
+        labels = torch.as_tensor(pred["labels"]).detach().to("cpu", torch.long)
+        bad = (labels < 0) | (labels >= len(classes))
+        if bad.any():
+            raise ValueError(f"{source}: entry {k} ({name}): class index {int(labels[bad][0])} outside the "
+                             f"{len(classes)} classes ({', '.join(classes)}); --classes names them")
+        if not (torch.isfinite(boxes).all() and torch.isfinite(scores).all()):
+            raise ValueError(f"{source}: entry {k} ({name}): boxes or scores that are not finite")
+        m = PATCH_NAME.match(name)
+        if m:
+            boxes = boxes.clone()
+            boxes[:, 0] += int(m["x"])
+            boxes[:, 1] += int(m["y"])
+            name = m["image"]
+            patched.add(name)
+        by_image.setdefault(name, []).append((boxes, scores, labels))
+    out: Dict[str, List[tuple]] = {c: [] for c in classes}
+    for name, parts in by_image.items():
+        boxes, scores, labels = (torch.cat(t) for t in zip(*parts))
+        for c, cls in enumerate(classes):
+            sel = labels == c
+            b, s = boxes[sel], scores[sel]
+            if name in patched and len(b):
+                _, keep = nms_rotated(b, s, merge_iou)
+                b, s = b[keep], s[keep]
+            polys = rbox_to_polygon(b).reshape(-1, 8).numpy()
+            out[cls].extend((name, float(sc), list(map(float, p))) for sc, p in zip(s.tolist(), polys))
+    return out

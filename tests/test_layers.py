@@ -96,7 +96,8 @@ def _loaded(code: str):
     ("import rotplugin", MM + ("torch", "escnn", "numpy", "cv2")),
     ("import rotplugin.canvas, rotplugin.boxes", MM + ("escnn",)),
     ("import rotplugin.fields", MM),
-    ("import rotplugin.data, rotplugin.data.dota_split, rotplugin.data.dota_synth", MM + ("torch", "escnn")),
+    ("import rotplugin.data, rotplugin.data.dota_split, rotplugin.data.dota_synth, rotplugin.data.dota_eval",
+     MM + ("torch", "escnn")),
     ("import rotplugin.io, rotplugin.nn, rotplugin.ops, rotplugin.equivariance", MM),
 ])
 def test_light_layers_load_no_heavy_package(code, banned):
