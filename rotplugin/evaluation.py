@@ -43,8 +43,8 @@ from mmdet.structures.bbox import get_box_tensor
 from mmengine.logging import MMLogger
 from mmrotate.evaluation.functional import eval_rbbox_map, mean_ap
 from mmrotate.evaluation.metrics import DOTAMetric
+from mmrotate.structures.bbox import rbox2qbox
 
-from rotplugin.boxes import rbox_to_polygon
 from rotplugin.registry import METRICS
 
 __all__ = ["DOTAClassAPMetric", "in_process_pool", "results_to_task1", "PATCH_NAME"]
@@ -164,7 +164,7 @@ def results_to_task1(results: Sequence[dict], classes: Sequence[str], merge_iou:
     A result named like a patch (``<image id>__<size>__<x>___<y>``, :data:`PATCH_NAME`) is moved by ``(x, y)`` to
     its full image, and the patches of an image are merged by class-wise rotated NMS at IoU ``merge_iou`` (mmcv's
     ``nms_rotated``, as ``DOTAMetric.merge_results``); other results are full images, taken as they are.
-    Polygons: the corners of each box (:func:`rotplugin.boxes.rbox_to_polygon`)."""
+    Polygons: the corners of each box in mmrotate's order (``rbox2qbox``, as in its Task1 files)."""
     if not 0.0 <= merge_iou <= 1.0:
         raise ValueError(f"merge_iou must be in [0, 1], got {merge_iou}")
     by_image: Dict[str, list] = {}
@@ -207,6 +207,6 @@ def results_to_task1(results: Sequence[dict], classes: Sequence[str], merge_iou:
             if name in patched and len(b):
                 _, keep = nms_rotated(b, s, merge_iou)
                 b, s = b[keep], s[keep]
-            polys = rbox_to_polygon(b).reshape(-1, 8).numpy()
+            polys = rbox2qbox(b).reshape(-1, 8).numpy()
             out[cls].extend((name, float(sc), list(map(float, p))) for sc, p in zip(s.tolist(), polys))
     return out

@@ -73,6 +73,7 @@ __all__ = [
     "poly_window_iof",
     "patch_name",
     "plan_patches",
+    "window_annotations",
     "crop_patch",
     "worker_pool",
     "split_dataset",
@@ -344,15 +345,27 @@ def plan_patches(image_id: str, width: int, height: int, ann: Optional[dict], si
     for j, win in enumerate(windows):
         patch = dict(name=patch_name(image_id, win), window=tuple(int(v) for v in win))
         if ann is not None:
-            keep = np.nonzero(iof[:, j] >= iof_thr)[0]
-            if len(keep) == 0 and not save_empty:
+            objects = window_annotations(ann, win, iof_thr, iof=iof[:, j])
+            if len(objects["labels"]) == 0 and not save_empty:
                 continue
-            shift = np.tile(win[:2].astype(np.float64), ann["polys"].shape[1] // 2)
-            patch["polys"] = ann["polys"][keep] - shift
-            patch["labels"] = [ann["labels"][i] for i in keep]
-            patch["difficulties"] = np.where(iof[keep, j] < 1.0, 2, ann["difficulties"][keep]).astype(np.int64)
+            patch.update(objects)
         patches.append(patch)
     return patches
+
+
+def window_annotations(ann: dict, window: Sequence[float], iof_thr: float = 0.7,
+                       iof: Optional[np.ndarray] = None) -> dict:
+    """The objects of ``ann`` (see :func:`parse_dota_txt`) in the rectangle ``window = (x0, y0, x1, y1)``, in its
+    coordinates: those with IoF >= ``iof_thr`` (:func:`poly_window_iof`; ``iof`` when already computed), shifted by
+    ``(x0, y0)``, unclipped; objects cut by the window get difficulty 2, the others keep theirs. Returns
+    ``dict(polys, labels, difficulties)``. The rule of the patches of :func:`plan_patches`, for any rectangle."""
+    win = np.asarray(window, np.float64).reshape(4)
+    if iof is None:
+        iof = poly_window_iof(ann["polys"], win[None])[:, 0]
+    keep = np.nonzero(iof >= iof_thr)[0]
+    shift = np.tile(win[:2], ann["polys"].shape[1] // 2)
+    return dict(polys=ann["polys"][keep] - shift, labels=[ann["labels"][i] for i in keep],
+                difficulties=np.where(iof[keep] < 1.0, 2, ann["difficulties"][keep]).astype(np.int64))
 
 
 def crop_patch(img: np.ndarray, window: Sequence[int], pad_value=(104, 116, 124)) -> np.ndarray:
