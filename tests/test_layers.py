@@ -108,11 +108,11 @@ def test_light_layers_load_no_heavy_package(code, banned):
 
 def test_data_tools_load_no_mm_package():
     code = ("import runpy, sys\n"
-            "for tool in ('tools/dota_split.py', 'tools/make_synthetic_dota.py'):\n"
+            "for tool in ('tools/dota_split.py', 'tools/make_synthetic_dota.py', 'tools/eval_dota.py'):\n"
             "    sys.argv = [tool, '--help']\n"
             "    try:\n        runpy.run_path(tool, run_name='__main__')\n    except SystemExit:\n        pass\n")
     loaded, text = _loaded(code)
-    assert "--img-dir" in text and "--num-images" in text   # both tools started and printed their help
+    assert "--img-dir" in text and "--num-images" in text and "--image-set" in text  # all printed their help
     assert "rotplugin" in loaded and "cv2" in loaded
     assert not loaded & set(MM + ("torch", "escnn")), sorted(loaded & set(MM + ("torch", "escnn")))
 
