@@ -310,6 +310,13 @@ def test_bad_input_names_file_and_line(tmp_path, capsys):
     write(labels / "a.txt", "0 0 10 0 10 nan 0 10 plane 0\n")
     assert eval_dota.main([str(res_dir), str(labels), "--classes", "plane", "car"]) == 2
     assert "a.txt:1: coordinates must be finite" in capsys.readouterr().err
+    # objects of classes outside the list are ignored (as the devkit does) and counted
+    write(labels / "a.txt", "0 0 10 0 10 10 0 10 plane 0\n0 0 5 0 5 5 0 5 boat 0\n")
+    notes = CountedWarnings()
+    res = evaluate_task1(read_task1_dir(str(res_dir), classes=["plane", "car"]),
+                         load_ground_truth(str(labels), notes=notes), classes=["plane", "car"], notes=notes)
+    assert set(res["classes"]) == {"plane"} and res["classes"]["plane"]["num_gts"] == 1  # car: nothing at all
+    assert any("outside the class list ignored" in w and ": 1 (first: a: boat)" in w for w in res["warnings"])
     write(labels / "a.txt", "0 0 10 0 10 10 0 10 plane 0\n")
     write(tmp_path / "set.txt", "a\nzz\n")
     assert eval_dota.main([str(res_dir), str(labels), "--image-set", str(tmp_path / "set.txt"), "--classes", "any"]) \

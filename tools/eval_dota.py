@@ -32,8 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--iou-thr", type=float, default=0.5, help="a detection matches above this IoU (default 0.5)")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--classes", nargs="+", default=["dota1.0"],
-                   help="class list: a preset (dota1.0, dota1.5, dota2.0), names, or 'any' (default dota1.0); "
-                        "for a pickle, the names of its label indices")
+                   help="the classes scored: a preset (dota1.0, dota1.5, dota2.0), names, or 'any' (default dota1.0; "
+                        "objects of other classes are ignored and counted, as the devkit ignores them); for a "
+                        "pickle, the names of its label indices")
     p.add_argument("--merge-iou", type=float, default=0.1,
                    help="IoU of the rotated NMS that merges patch results of a pickle (default 0.1)")
     return p.parse_args(argv)
@@ -51,7 +52,7 @@ def main(argv=None):
         classes = resolve_classes(a.classes)
         image_set = read_image_set(a.image_set) if a.image_set else None
         notes = CountedWarnings()
-        gts = load_ground_truth(a.labels, classes=classes, notes=notes)  # all: detections on the others are counted
+        gts = load_ground_truth(a.labels, notes=notes)  # all: detections on the others are counted
         if os.path.isdir(a.results):
             dets = read_task1_dir(a.results, classes=classes)
         elif a.results.endswith((".pkl", ".pickle")) and os.path.isfile(a.results):

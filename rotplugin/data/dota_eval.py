@@ -49,7 +49,8 @@ What differs from the devkit, deliberately (each only where the devkit crashes o
   given when the class list is known. On a full DOTA val / test set, where every class has objects, they agree;
 * bad input gets an error naming the file and line (:class:`DOTAFormatError`) instead of a Python traceback:
   a result line that is not ``image score 8 coordinates``, a score or coordinate that is not a finite number, a
-  ``Task1_<class>.txt`` of a class outside the class list, a detection on an image without a label file;
+  ``Task1_<class>.txt`` of a class outside the class list, a detection on an image without a label file (ground
+  truth of a class outside the class list is ignored, as the devkit ignores it, and counted);
 * label lines with fewer than 9 fields, which the devkit skips, are skipped too and counted in the warnings
   (the ``imagesource:`` / ``gsd:`` header lines of the original files are skipped silently); detections on
   images that have labels but are outside the image set are dropped and counted (the devkit fails on them); label
@@ -168,13 +169,14 @@ def read_image_set(path: str) -> List[str]:
 
 
 def load_ground_truth(label_dir: str, image_set: Optional[Sequence[str]] = None,
-                      classes: Optional[Sequence[str]] = "dota1.0", notes: Optional[CountedWarnings] = None) -> Dict[str, dict]:
+                      notes: Optional[CountedWarnings] = None) -> Dict[str, dict]:
     """``{image_id: dict(polys (N, 8) float64, labels [str], difficulties (N,) int64)}`` of ``label_dir``
     (``<image id>.txt`` files), or of the ids of ``image_set`` only (each must have its file).
 
     Lines with fewer than 9 fields are skipped as the devkit skips them (counted in ``notes``); any other bad line
-    (10+ fields of the wrong kind, a coordinate that is not finite, a class outside ``classes``) is a
-    :class:`DOTAFormatError` naming file and line."""
+    (more than 10 fields, a coordinate that is not finite, a difficulty that is not an integer) is a
+    :class:`DOTAFormatError` naming file and line. Every class name is read (the evaluation's class list decides
+    which are scored)."""
     if not os.path.isdir(label_dir):
         raise FileNotFoundError(f"label folder {label_dir!r} does not exist (a DOTA labelTxt/ folder)")
     if image_set is None:
@@ -203,7 +205,7 @@ def load_ground_truth(label_dir: str, image_set: Optional[Sequence[str]] = None,
                 kept.append("")  # blank: skipped by the parser, line numbers stay those of the file
             else:
                 kept.append(raw)
-        gts[image_id] = parse_dota_lines(kept, source=path, classes=classes)
+        gts[image_id] = parse_dota_lines(kept, source=path, classes=None)
     return gts
 
 
@@ -387,7 +389,8 @@ def evaluate_task1(detections: Mapping[str, Iterable], ground_truth: Mapping[str
         ground_truth: ``{image_id: dict(polys, labels, difficulties)}`` (:func:`load_ground_truth`).
         iou_thr: a detection matches when its best IoU is strictly greater.
         metric: ``'voc07'`` (11 points, the devkit's and the DOTA server's) or ``'area'``.
-        classes: the class list (a preset or names): reported are its classes with objects or detections, and
+        classes: the class list (a preset or names): the classes scored (objects of other classes are ignored, as
+            the devkit ignores them, and counted); reported are those with objects or detections, and
             ``devkit_mAP`` averages over all of it. ``None``: the classes found in either input.
         image_set: only these images (ground truth and detections); detections on other labelled images are
             dropped and counted.
@@ -396,8 +399,8 @@ def evaluate_task1(detections: Mapping[str, Iterable], ground_truth: Mapping[str
     "warnings": [str]}`` (+ ``"devkit_mAP"`` with a class list). ``num_gts`` counts the non-difficult objects (the
     devkit's ``npos``), ``num_dets`` the detections evaluated.
 
-    Raises :class:`DOTAFormatError` for a detection on an image without ground truth, a non-finite number, or a
-    class outside ``classes``.
+    Raises :class:`DOTAFormatError` for a detection on an image without ground truth, a non-finite number, or
+    detections of a class outside ``classes``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -417,9 +420,10 @@ def evaluate_task1(detections: Mapping[str, Iterable], ground_truth: Mapping[str
     for img in images:
         ann = ground_truth[img]
         for poly, label, diff in zip(ann["polys"], ann["labels"], ann["difficulties"]):
-            if class_list is not None and label not in class_list:
-                raise DOTAFormatError(f"ground truth of {img}: unknown class {label!r} (known: "
-                                      f"{', '.join(class_list)})")
+            if class_list is not None and label not in class_list:  # the devkit scores only its class list
+                notes.add("objects of classes outside the class list ignored (as the devkit does)",
+                          f"{img}: {label}")
+                continue
             entry = gt_by_class[label]
             entry[0].append(index[img])
             entry[1].append(poly)
