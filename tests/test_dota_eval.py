@@ -9,8 +9,8 @@ from shapely.geometry import Polygon
 
 from conftest import ROOT, load_tool, require_file
 
-from rotplugin.data.dota_eval import (CountedWarnings, DOTAFormatError, evaluate_task1, load_ground_truth, quad_iou_pairs,
-                                      read_task1_dir, voc_ap)
+from rotplugin.data.dota_eval import (CountedWarnings, DOTAFormatError, evaluate_task1, load_ground_truth,
+                                      quad_iou_pairs, read_task1_dir, voc_ap)
 from rotplugin.data.dota_split import parse_dota_txt
 
 REAL = ROOT.parent / "shared" / "data" / "dota_real"

@@ -42,8 +42,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    from rotplugin.data.dota_eval import (DOTAFormatError, CountedWarnings, evaluate_task1, format_results_table, load_ground_truth,
-                                          read_image_set, read_task1_dir)
+    from rotplugin.data.dota_eval import (CountedWarnings, DOTAFormatError, evaluate_task1, format_results_table,
+                                          load_ground_truth, read_image_set, read_task1_dir)
     from rotplugin.data.dota_split import resolve_classes
     from rotplugin.io import write_json_atomic
 

@@ -354,16 +354,18 @@ def plan_patches(image_id: str, width: int, height: int, ann: Optional[dict], si
 
 
 def window_annotations(ann: dict, window: Sequence[float], iof_thr: float = 0.7,
-                       iof: Optional[np.ndarray] = None) -> dict:
+                       iof: Optional[np.ndarray] = None, origin: Optional[Sequence[float]] = None) -> dict:
     """The objects of ``ann`` (see :func:`parse_dota_txt`) in the rectangle ``window = (x0, y0, x1, y1)``, in its
     coordinates: those with IoF >= ``iof_thr`` (:func:`poly_window_iof`; ``iof`` when already computed), shifted by
-    ``(x0, y0)``, unclipped; objects cut by the window get difficulty 2, the others keep theirs. Returns
-    ``dict(polys, labels, difficulties)``. The rule of the patches of :func:`plan_patches`, for any rectangle."""
+    ``origin`` (default ``(x0, y0)``), unclipped; objects cut by the window get difficulty 2, the others keep
+    theirs. Returns ``dict(polys, labels, difficulties)``. The rule of the patches of :func:`plan_patches`, for any
+    rectangle."""
     win = np.asarray(window, np.float64).reshape(4)
     if iof is None:
         iof = poly_window_iof(ann["polys"], win[None])[:, 0]
     keep = np.nonzero(iof >= iof_thr)[0]
-    shift = np.tile(win[:2], ann["polys"].shape[1] // 2)
+    origin = win[:2] if origin is None else np.asarray(origin, np.float64).reshape(2)
+    shift = np.tile(origin, ann["polys"].shape[1] // 2)
     return dict(polys=ann["polys"][keep] - shift, labels=[ann["labels"][i] for i in keep],
                 difficulties=np.where(iof[keep] < 1.0, 2, ann["difficulties"][keep]).astype(np.int64))
 
