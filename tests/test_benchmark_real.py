@@ -143,6 +143,13 @@ def test_configs_of_the_four_models_and_parameter_match():
     types = [t["type"] for t in cfgs["a"].train_pipeline]
     assert "RandomRotate" in types and "mmdet.RandomFlip" in types
     assert cfgs["a"].randomness.seed == 0
+    # the test-ready config each run writes: full resolution (no resize to the demo's 256²), TTA on the same pipeline
+    test = rb.test_config(cfgs["a"], "/data/heldout")
+    pipeline = test.test_dataloader.dataset.pipeline
+    assert [t for t in pipeline if t["type"] == "mmdet.Resize"] == [dict(type="mmdet.Resize", scale_factor=1.0)]
+    assert test.tta_pipeline == pipeline and test.tta_model.type == "FeatureRotationTTAModel"
+    assert test.test_dataloader.dataset.data_root == "/data/heldout/" and test.model == cfgs["a"].model
+    assert test.train_dataloader is None and cfgs["a"].train_dataloader is not None  # a copy
 
 
 def test_run_plan():
