@@ -6,11 +6,12 @@
 #   3. tools/eval_dota.py    each Task1 folder against the full-image labels (the DOTA devkit's rules), JSON
 # usage: tools/dota_chain.sh CONFIG CHECKPOINT IMG_DIR LABEL_DIR OUT_DIR [MODE ...]   (MODE: none image feature; default all)
 # env: SIZE (1024), GAP (200), PYTHON (.venv/bin/python), CLASSES (dota1.0), EXTRA (more tools/test.py options).
-# OUT_DIR must not exist: OUT_DIR/split, OUT_DIR/Task1_<mode>/, OUT_DIR/eval_<mode>.json, OUT_DIR/times.txt
-# (seconds per stage).
+# OUT_DIR must not exist: OUT_DIR/split, OUT_DIR/Task1_<mode>/, OUT_DIR/results_<mode>.pkl (the patch results,
+# unrounded scores: tools/eval_dota.py takes them too), OUT_DIR/eval_<mode>.json, OUT_DIR/times.txt (seconds per
+# stage).
 set -euo pipefail
 if [ $# -lt 5 ]; then
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 CONFIG=$1; CHECKPOINT=$2; IMG_DIR=$3; LABEL_DIR=$4; OUT=$5
@@ -41,7 +42,7 @@ for m in "${MODES[@]}"; do
   tta=(); [ "$m" = none ] || tta=(--tta "$m")
   # shellcheck disable=SC2086
   stage "test_$m" "$PYTHON" "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" "${tta[@]}" \
-    --submission-dir "$OUT/Task1_$m" --work-dir "$OUT/work_$m" \
+    --submission-dir "$OUT/Task1_$m" --out "$OUT/results_$m.pkl" --work-dir "$OUT/work_$m" \
     --cfg-options "test_dataloader.dataset.data_root=$OUT/split/" "test_dataloader.dataset.data_prefix.img_path=images/" \
     ${EXTRA:-}
   stage "eval_$m" "$PYTHON" "$ROOT/tools/eval_dota.py" "$OUT/Task1_$m" "$LABEL_DIR" --classes $CLASSES \
