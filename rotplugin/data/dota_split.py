@@ -1,6 +1,6 @@
 """Split full-size DOTA images into fixed-size patches, the way MMRotate's DOTA pipeline expects them.
 
-Behaviour (that of MMRotate's ``tools/data/dota/split/img_split.py``, re-implemented here with numpy only):
+Behaviour (that of MMRotate's ``tools/data/dota/split/img_split.py``, re-implemented here with numpy, OpenCV and shapely):
 
 * **Windows.** For a window side ``s`` and overlap ``gap``, the step is ``s - gap``; windows start at ``0, step,
   2*step, ...`` along each axis, as many as needed to cover the side, and the last one is moved back so that it ends
@@ -68,8 +68,6 @@ __all__ = [
     "list_images",
     "windows_for_rates",
     "sliding_windows",
-    "polygon_area",
-    "clip_polygon_to_rect",
     "poly_window_iof",
     "patch_name",
     "plan_patches",
@@ -250,52 +248,13 @@ def sliding_windows(width: int, height: int, sizes: Sequence[int], gaps: Sequenc
     return wins[rates > img_rate_thr]
 
 
-def polygon_area(points) -> float:
-    """Absolute shoelace area of a polygon given as ``(n, 2)`` or flat ``(2n,)``."""
-    p = np.asarray(points, np.float64).reshape(-1, 2)
-    x, y = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def _clip_half(pts, axis, bound, keep_greater):
-    out = []
-    if not pts:
-        return out
-    prev = pts[-1]
-    prev_in = prev[axis] >= bound if keep_greater else prev[axis] <= bound
-    for cur in pts:
-        cur_in = cur[axis] >= bound if keep_greater else cur[axis] <= bound
-        if cur_in != prev_in:
-            t = (bound - prev[axis]) / (cur[axis] - prev[axis])
-            other = 1 - axis
-            q = [0.0, 0.0]
-            q[axis] = bound
-            q[other] = prev[other] + t * (cur[other] - prev[other])
-            out.append((q[0], q[1]))
-        if cur_in:
-            out.append(cur)
-        prev, prev_in = cur, cur_in
-    return out
-
-
-def clip_polygon_to_rect(points, rect: Sequence[float]) -> np.ndarray:
-    """Sutherland-Hodgman clip of a polygon ``(n, 2)`` (or flat) to the rectangle ``(x0, y0, x1, y1)``.
-
-    Returns the clipped polygon ``(m, 2)`` (``m = 0`` when they do not meet). Exact for convex polygons; for a
-    concave one the result may contain zero-width bridges along the rectangle, which do not change its area.
-    """
-    pts = [(float(x), float(y)) for x, y in np.asarray(points, np.float64).reshape(-1, 2)]
-    x0, y0, x1, y1 = (float(v) for v in rect)
-    for axis, bound, greater in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
-        pts = _clip_half(pts, axis, bound, greater)
-    return np.asarray(pts, np.float64).reshape(-1, 2)
-
-
 def poly_window_iof(polys, windows, eps: float = 1e-6) -> np.ndarray:
     """IoF ``(N, K)``: area of polygon ``n`` inside window ``k`` over the polygon's area.
 
     ``polys``: ``(N, 2m)`` flat polygons; ``windows``: ``(K, 4)`` ``x0, y0, x1, y1``. Exactly 1 for polygons inside a
     window (all points within, borders included), 0 for disjoint ones; zero-area polygons get 1 when inside, else 0.
+    The area of a polygon cut by a window is shapely's intersection with it; a self-intersecting ("bow-tie")
+    polygon is taken in its valid form (``shapely.make_valid``: both lobes count).
     """
     polys = np.asarray(polys, np.float64)
     windows = np.asarray(windows, np.float64).reshape(-1, 4)
@@ -309,13 +268,21 @@ def poly_window_iof(polys, windows, eps: float = 1e-6) -> np.ndarray:
     inside = np.all((lo[:, None] >= wlo) & (hi[:, None] <= whi), axis=-1)
     apart = np.any((hi[:, None] <= wlo) | (lo[:, None] >= whi), axis=-1)
     iof[inside] = 1.0
-    areas = np.array([polygon_area(p) for p in pts])
-    for i, j in zip(*np.nonzero(~inside & ~apart)):
-        if areas[i] <= eps:
-            continue
-        clipped = clip_polygon_to_rect(pts[i], windows[j])
-        if len(clipped) >= 3:
-            iof[i, j] = min(1.0, polygon_area(clipped) / areas[i])
+    ii, jj = np.nonzero(~inside & ~apart)
+    if len(ii) == 0:
+        return iof
+    import shapely  # the polygon clipping (vectorised GEOS); only the IoF of objects cut by a window needs it
+
+    shapes = shapely.polygons(pts)
+    bad = ~shapely.is_valid(shapes)
+    if bad.any():  # self-intersecting ("bow-tie") labels: their valid form, both lobes counted
+        shapes[bad] = shapely.make_valid(shapes[bad])
+    areas = shapely.area(shapes)
+    boxes = shapely.box(windows[:, 0], windows[:, 1], windows[:, 2], windows[:, 3])
+    ok = areas[ii] > eps   # a zero-area polygon cut by a window counts as outside it
+    ii, jj = ii[ok], jj[ok]
+    inter = shapely.area(shapely.intersection(shapes[ii], boxes[jj]))
+    iof[ii, jj] = np.minimum(1.0, inter / areas[ii])
     return iof
 
 
