@@ -209,39 +209,43 @@ def _feature_side(n: int, stride: int) -> int:
 
 
 def rotation_matrix_and_offset(angle: float, canvas_size: Sequence[int], *, stride: int = 1,
-                               flip: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                               flip: bool = False,
+                               out_size: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The point map of the rotation: ``p_out = A @ p_in + t``.
 
     Points are ``(y, x)`` (row, column) in the coordinates of a stride-``stride`` feature map (image pixels for
-    ``stride=1``) of the canvas ``canvas_size = (H, W)`` before, and of :func:`rotated_canvas_size` after, the
-    rotation (see :mod:`rotplugin.canvas`). ``A = R(angle) @ M`` with ``R(θ) = [[cos θ, -sin θ], [sin θ, cos θ]]``
-    acting on ``(y, x)`` and ``M = diag(1, -1)`` (mirror ``x -> -x``) when ``flip`` else the identity;
-    ``t = c_out - A @ c_in`` with ``c`` the canvas centres. Exact (integer ``A``) at multiples of 90°.
+    ``stride=1``) of the canvas ``canvas_size = (H, W)`` before, and of the canvas ``out_size`` (default
+    :func:`rotated_canvas_size`) after, the rotation (see :mod:`rotplugin.canvas`); a larger ``out_size`` holds
+    the whole rotated canvas at angles off the quarter turns. ``A = R(angle) @ M`` with
+    ``R(θ) = [[cos θ, -sin θ], [sin θ, cos θ]]`` acting on ``(y, x)`` and ``M = diag(1, -1)`` (mirror
+    ``x -> -x``) when ``flip`` else the identity; ``t = c_out - A @ c_in`` with ``c`` the canvas centres (centre
+    onto centre). Exact (integer ``A``) at multiples of 90°.
 
     Returns ``(A, t)``: float64 arrays of shapes (2, 2) and (2,).
     """
     stride = _check_stride(stride)
     h, w = _check_canvas(canvas_size)
     angle = _scalar_angle(angle)
+    out = rotated_canvas_size((h, w), angle) if out_size is None else _check_canvas(out_size)
     c, s = _cos_sin(angle)
     a = np.array([[c, -s], [s, c]], dtype=np.float64)
     if flip:
         a = a @ np.diag([1.0, -1.0])
     c_in = np.array(canvas_centre((h, w), stride), dtype=np.float64)
-    c_out = np.array(canvas_centre(rotated_canvas_size((h, w), angle), stride), dtype=np.float64)
+    c_out = np.array(canvas_centre(out, stride), dtype=np.float64)
     return a, c_out - a @ c_in
 
 
 def rotate_points(points, angle: float, canvas_size: Sequence[int], *, stride: int = 1, flip: bool = False,
-                  order: str = "yx"):
-    """Map points of the canvas to the rotated canvas (see :func:`rotation_matrix_and_offset`).
+                  order: str = "yx", out_size: Optional[Sequence[int]] = None):
+    """Map points of the canvas to the rotated canvas (``out_size``: see :func:`rotation_matrix_and_offset`).
 
     ``points``: array or tensor of shape ``(..., 2)``; ``order`` is ``"yx"`` (default, the module's convention) or
     ``"xy"`` (e.g. box centres in (x, y) order); the result has the same type, order, dtype and device.
     """
     if order not in ("yx", "xy"):
         raise ValueError(f"order must be 'yx' or 'xy', got {order!r}")
-    a, t = rotation_matrix_and_offset(angle, canvas_size, stride=stride, flip=flip)
+    a, t = rotation_matrix_and_offset(angle, canvas_size, stride=stride, flip=flip, out_size=out_size)
     if order == "xy":
         a, t = a[::-1, ::-1].copy(), t[::-1].copy()
     if isinstance(points, torch.Tensor):

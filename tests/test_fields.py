@@ -193,6 +193,14 @@ def test_direction_and_mirror_conventions():
     centre_in, centre_out = np.array(canvas_centre((5, 7))), np.array(canvas_centre((7, 5)))
     np.testing.assert_allclose(rotate_points(centre_in + p, 90, (5, 7)), centre_out + [-2.0, 1.0])
     np.testing.assert_allclose(rotate_points(centre_in + p, 0, (5, 7), flip=True), centre_in + [1.0, -2.0])
+    # onto a larger canvas (out_size): centre onto centre, the same rotation; (x, y) order mirrors the matrix
+    q = rotate_points(centre_in + p, 30, (5, 7), out_size=(11, 13))
+    c30, s30 = math.cos(math.radians(30)), math.sin(math.radians(30))
+    np.testing.assert_allclose(q, np.array(canvas_centre((11, 13))) + [c30 * 1 - s30 * 2, s30 * 1 + c30 * 2])
+    np.testing.assert_allclose(rotate_points((centre_in + p)[::-1], 30, (5, 7), out_size=(11, 13), order="xy"),
+                               q[::-1])
+    with pytest.raises(ValueError, match="canvas_size"):
+        rotate_points(p, 30, (5, 7), out_size=(0, 13))
     # and the reference resampler used below has the same direction
     np.testing.assert_allclose(reference_rotate(x[0].double().numpy(), 90, 1, (5, 7)), rot[0].double().numpy())
 

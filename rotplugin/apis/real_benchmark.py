@@ -121,7 +121,7 @@ import cv2
 import numpy as np
 import torch
 
-from rotplugin.canvas import (canvas_centre, equivariant_canvas_shape, rotated_canvas_size,
+from rotplugin.canvas import (equivariant_canvas_shape, rotate_points, rotated_canvas_size,
                               rotation_matrix_and_offset)
 from rotplugin.data.dota_split import (DOTA_V1_CLASSES, crop_patch, format_dota_line, parse_dota_txt,
                                        split_dataset, window_annotations)
@@ -210,13 +210,6 @@ def pad_to_canvas(img: np.ndarray, max_stride: int = MAX_STRIDE, pad_value=PAD_B
     return crop_patch(img, (0, 0, cw, ch), pad_value=pad_value)
 
 
-def _map_polys(polys: np.ndarray, a: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Flat ``(N, 8)`` ``x, y`` polygons through the ``(y, x)`` point map ``p -> a @ p + t``."""
-    pts = np.asarray(polys, np.float64).reshape(-1, 4, 2)[..., ::-1]          # (y, x)
-    out = pts @ a.T + t
-    return np.ascontiguousarray(out[..., ::-1]).reshape(-1, 8)
-
-
 def rotate_region(img: np.ndarray, ann: dict, angle: float, max_stride: int = MAX_STRIDE,
                   pad_value=PAD_BGR) -> Tuple[np.ndarray, dict]:
     """``img`` (H, W) rotated by ``angle`` degrees about its centre ``((H-1)/2, (W-1)/2)`` and its objects with it.
@@ -227,22 +220,25 @@ def rotate_region(img: np.ndarray, ann: dict, angle: float, max_stride: int = MA
     image, centre on centre, uncovered pixels set to ``pad_value``. Polygons (``ann['polys']``, x/y pairs) go
     through the same point map; labels and difficulties are kept. Returns ``(rotated image, rotated ann)``."""
     h, w = img.shape[:2]
-    a, t = rotation_matrix_and_offset(angle, (h, w))
+    a, _ = rotation_matrix_and_offset(angle, (h, w))
     quarter = np.allclose(a, np.round(a), atol=1e-12)
     if quarter:
         k = int(round(math.degrees(math.atan2(a[1, 0], a[0, 0])) / 90.0)) % 4
         out = np.ascontiguousarray(np.rot90(img, k, axes=(0, 1)))
-        assert out.shape[:2] == tuple(rotated_canvas_size((h, w), angle))
+        out_size = rotated_canvas_size((h, w), angle)
+        assert out.shape[:2] == tuple(out_size)
     else:
         c, s = abs(a[0, 0]), abs(a[1, 0])
         need = (math.ceil(c * (h - 1) + s * (w - 1) - 1e-9) + 1, math.ceil(s * (h - 1) + c * (w - 1) - 1e-9) + 1)
-        oh, ow = equivariant_canvas_shape(need, max_stride)
-        t = np.asarray(canvas_centre((oh, ow)), np.float64) - a @ np.asarray(canvas_centre((h, w)), np.float64)
+        out_size = equivariant_canvas_shape(need, max_stride)
+        a, t = rotation_matrix_and_offset(angle, (h, w), out_size=out_size)
         m = np.concatenate([a[::-1, ::-1], t[::-1, None]], axis=1)               # (x, y) order for OpenCV
         border = tuple(float(v) for v in np.ravel(pad_value))
-        out = cv2.warpAffine(img, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=border)
-    res = dict(polys=_map_polys(ann["polys"], a, t), labels=list(ann["labels"]),
+        out = cv2.warpAffine(img, m, (int(out_size[1]), int(out_size[0])), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+    pts = rotate_points(np.asarray(ann["polys"], np.float64).reshape(-1, 4, 2), angle, (h, w), order="xy",
+                        out_size=out_size)
+    res = dict(polys=pts.reshape(-1, 8), labels=list(ann["labels"]),
                difficulties=np.asarray(ann["difficulties"], np.int64).copy())
     return out, res
 
