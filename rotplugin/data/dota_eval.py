@@ -71,7 +71,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rotplugin.data.dota_split import DOTAFormatError, parse_dota_lines, resolve_classes
+from rotplugin.data.dota_split import _HEADER_PREFIXES, DOTAFormatError, parse_dota_lines, resolve_classes
 
 __all__ = [
     "METRICS",
@@ -88,7 +88,6 @@ __all__ = [
 
 METRICS = ("voc07", "area")
 TASK1_PREFIX, TASK1_SUFFIX = "Task1_", ".txt"
-_HEADER_PREFIXES = ("imagesource:", "gsd:")
 Detections = Dict[str, List[Tuple[str, float, Sequence[float]]]]
 
 
@@ -235,10 +234,11 @@ class _Pieces:
         import shapely
 
         q = np.asarray(polys, np.float64).reshape(-1, 4, 2)
-        self.area = np.abs(_signed_area(q))
+        signed = _signed_area(q)
+        self.area = np.abs(signed)
         convex = _is_convex(q)
         n = len(q)
-        orient = np.where(_signed_area(q) < 0, -1.0, 1.0)  # the devkit reverses a polygon of negative area
+        orient = np.where(signed < 0, -1.0, 1.0)  # the devkit reverses a polygon of negative area
         t1 = q[:, [0, 1, 2]]
         t2 = q[:, [0, 2, 3]]
         w1 = np.sign(_signed_area(t1)) * orient
