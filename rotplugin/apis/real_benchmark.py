@@ -214,7 +214,7 @@ def rotate_region(img: np.ndarray, ann: dict, angle: float, max_stride: int = MA
                   pad_value=PAD_BGR) -> Tuple[np.ndarray, dict]:
     """``img`` (H, W) rotated by ``angle`` degrees about its centre ``((H-1)/2, (W-1)/2)`` and its objects with it.
 
-    The sign is :mod:`rotplugin.canvas`'s (positive: counter-clockwise on screen, like ``np.rot90(img, 1)``).
+    The angle convention (sign, centre) is :mod:`rotplugin.canvas`'s.
     Multiples of 90° are exact (``np.rot90``; the canvas becomes W x H for odd ones). Other angles: bilinear
     (``cv2.warpAffine``) onto the smallest canvas with sides ≡ 1 (mod ``max_stride``) that holds the whole rotated
     image, centre on centre, uncovered pixels set to ``pad_value``. Polygons (``ann['polys']``, x/y pairs) go
