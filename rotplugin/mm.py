@@ -12,6 +12,7 @@ from mmrotate.utils import register_all_modules as register_mmrotate_modules
 from rotplugin import engine, evaluation, models  # noqa: F401  (importing them registers their components)
 from rotplugin.checkpoints import allow_runner_checkpoints
 
+models.import_all()   # rotplugin.models loads its submodules lazily
 allow_runner_checkpoints()  # torch's weights_only loading of Runner checkpoints (load_from, resume, upstream tools)
 
 __all__ = ["register_all_modules"]

@@ -38,7 +38,8 @@ from rotplugin.models.rotated_nms import batched_rotated_nms
 from rotplugin.nn.field_layers import make_gspace, trivial_field_type
 from rotplugin.registry import MODELS
 
-__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles", "unwrap_model", "DEFAULT_TTA_MODEL"]
+__all__ = ["FeatureRotationTTAModel", "ImageRotationTTAModel", "parse_angles", "unwrap_model", "DEFAULT_TTA_MODEL",
+           "views_to_original", "merge_views"]
 
 # what tools/test.py --tta and RotationTTAHook use for a config without tta_model
 DEFAULT_TTA_MODEL = dict(type="FeatureRotationTTAModel", angles=[0, 90, 180, 270])
@@ -69,6 +70,55 @@ def parse_angles(angles) -> List[float]:
 def unwrap_model(model):
     """The module inside a model wrapper (DDP, ...), else the model itself."""
     return model.module if is_model_wrapper(model) else model
+
+
+def views_to_original(results: List[InstanceData], angle: float, canvas, data_samples: List[DetDataSample]) \
+        -> List[DetDataSample]:
+    """One view's detections of each image (``results``, boxes on the view's rotated canvas) as
+    :class:`DetDataSample` s of the original canvas ``canvas`` (boxes mapped back, ``metainfo['tta_angle']``, the
+    image's ground truth carried along)."""
+    out = []
+    for sample, res in zip(data_samples, results):
+        res = res.clone()
+        res.bboxes = unrotate_rboxes(get_box_tensor(res.bboxes), angle, canvas)
+        view = DetDataSample(metainfo=dict(sample.metainfo, tta_angle=angle))
+        for key in ("gt_instances", "ignored_instances"):   # ground truth of the original image, if any
+            if key in sample:
+                view.set_field(sample.get(key), key)
+        view.pred_instances = res
+        out.append(view)
+    return out
+
+
+def merge_views(views: List[DetDataSample], iou_thr: float, score_thr: float, max_per_img: int) -> DetDataSample:
+    """Merge one image's views (from :func:`views_to_original`): class-wise rotated NMS (mmcv's
+    ``batched_nms(nms_rotated)`` kept set and order, exact IoU only for pairs that can reach ``iou_thr``) after
+    ``score_thr``, ``max_per_img`` kept, boxes rescaled to the original image (``scale_factor``)."""
+    sample = views[0]
+    preds = [v.pred_instances for v in views]
+    boxes = torch.cat([get_box_tensor(p.bboxes) for p in preds])
+    scores = torch.cat([p.scores for p in preds])
+    labels = torch.cat([p.labels for p in preds])
+    keep = scores >= score_thr
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if boxes.numel():
+        idx = batched_rotated_nms(boxes, scores, labels, iou_thr)
+        idx = idx[: max_per_img]
+        boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
+    result = InstanceData()
+    rboxes = RotatedBoxes(boxes.reshape(-1, 5))
+    scale = sample.metainfo.get("scale_factor")
+    if scale is not None:
+        rboxes = scale_boxes(rboxes, [1.0 / s for s in scale])
+    result.bboxes, result.scores, result.labels = rboxes, scores, labels
+    metainfo = dict(sample.metainfo)
+    metainfo.pop("tta_angle", None)
+    out = DetDataSample(metainfo=metainfo)
+    for key in ("gt_instances", "ignored_instances"):
+        if key in sample:
+            out.set_field(sample.get(key), key)
+    out.pred_instances = result
+    return out
 
 
 class _RotationTTAModel(BaseTTAModel):
@@ -151,14 +201,7 @@ class _RotationTTAModel(BaseTTAModel):
             t0 = time.perf_counter()
             results = self.predict_view(feats, view_samples)
             self.timings["heads"] += time.perf_counter() - t0
-            for i, res in enumerate(results):
-                res = res.clone()
-                res.bboxes = unrotate_rboxes(get_box_tensor(res.bboxes), angle, canvas)
-                view = DetDataSample(metainfo=dict(data_samples[i].metainfo, tta_angle=angle))
-                for key in ("gt_instances", "ignored_instances"):   # ground truth of the original image, if any
-                    if key in data_samples[i]:
-                        view.set_field(data_samples[i].get(key), key)
-                view.pred_instances = res
+            for i, view in enumerate(views_to_original(results, angle, canvas, data_samples)):
                 per_image[i].append(view)
         return per_image
 
@@ -194,31 +237,7 @@ class _RotationTTAModel(BaseTTAModel):
         return [self._merge(views) for views in data_samples_list]
 
     def _merge(self, views: List[DetDataSample]) -> DetDataSample:
-        sample = views[0]
-        preds = [v.pred_instances for v in views]
-        boxes = torch.cat([get_box_tensor(p.bboxes) for p in preds])
-        scores = torch.cat([p.scores for p in preds])
-        labels = torch.cat([p.labels for p in preds])
-        keep = scores >= self.score_thr
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if boxes.numel():
-            idx = batched_rotated_nms(boxes, scores, labels, self.iou_thr)
-            idx = idx[: self.max_per_img]
-            boxes, scores, labels = boxes[idx], scores[idx], labels[idx]
-        result = InstanceData()
-        rboxes = RotatedBoxes(boxes.reshape(-1, 5))
-        scale = sample.metainfo.get("scale_factor")
-        if scale is not None:
-            rboxes = scale_boxes(rboxes, [1.0 / s for s in scale])
-        result.bboxes, result.scores, result.labels = rboxes, scores, labels
-        metainfo = dict(sample.metainfo)
-        metainfo.pop("tta_angle", None)
-        out = DetDataSample(metainfo=metainfo)
-        for key in ("gt_instances", "ignored_instances"):
-            if key in sample:
-                out.set_field(sample.get(key), key)
-        out.pred_instances = result
-        return out
+        return merge_views(views, self.iou_thr, self.score_thr, self.max_per_img)
 
 
 @MODELS.register_module()
