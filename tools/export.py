@@ -11,10 +11,14 @@ detectors and ``deploy.json``; :class:`rotplugin.deploy.onnx.OnnxDetector` runs 
 the source model before anything is written (features / graph outputs within 1e-4 relative), and the folder appears
 only when all of them are complete.
 
-Why no mmdeploy: mmdeploy 1.3.1 (the last release) pins ``protobuf<=3.20.2`` against onnx 1.23's ``protobuf>=4``, and
-its rewriters patch the TorchScript ONNX exporter of torch 1.x/2.0; on torch 2.14 its ``torch2onnx`` of the stock
-Rotated RetinaNet stops in those rewriters (see the closing note of issue 15). So the graphs hold the tensor part,
-exported with ``torch.onnx``; decoding and rotated NMS stay in Python, in the stock heads.
+Why not mmdeploy (1.3.1, its last release; tried on this stack): it calls ``torch.onnx.export`` without
+``dynamo=False``, which since torch 2.9 takes the new exporter and fails (no onnxscript, and mmdeploy's rewriters need
+the TorchScript one); with ``torch.onnx.export`` patched at runtime and ``max_output_boxes_per_class`` added to its
+mmrotate deploy config it exports the stock Rotated RetinaNet with its ``mmdeploy::NMSRotated`` op, but its rewritten
+pre-NMS selection (top boxes with all classes, not mmdet's top (box, class) pairs) gives other detections than the
+PyTorch model (2000 boxes against 638 on one random-weight image), and it pins ``protobuf<=3.20.2`` against onnx's
+newer protobuf. So the graphs hold the tensor part, exported with ``torch.onnx`` (TorchScript exporter); decoding and
+rotated NMS stay in Python, in the stock heads: the same detections as PyTorch.
 
 Exit status 2, with a message naming what was wrong, for: a checkpoint of another architecture, a model already plain,
 a backbone or neck without an export, a rotplugin type with no stock equivalent, a canvas that is not equivariant,

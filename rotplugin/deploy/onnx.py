@@ -3,8 +3,8 @@
 What is in a graph and what stays in Python: the graphs hold the network (backbone, neck and the heads' convolutions
 or fully connected layers); box decoding and NMS stay in Python, in the stock heads' own ``predict_by_feat``
 (mmrotate's decoders and mmcv's rotated NMS), so the runner gives the detections the PyTorch model gives. mmdeploy,
-the ecosystem's exporter that would put decoding and NMS into the graph, does not run on this stack (see
-``tools/export.py``'s docstring for what was tried).
+the ecosystem's exporter that puts decoding and NMS into the graph, needs patching to run on this stack and then
+selects other boxes than mmdet (``tools/export.py``'s docstring says what was tried).
 
 Graphs (input ``inputs``: the preprocessed ``(1, 3, H, W)`` batch on the fixed canvas of
 :mod:`rotplugin.deploy.stock`; outputs named ``<kind>_<level>`` in the order of the head's ``forward``):

@@ -18,7 +18,8 @@ What changes, and why the detections stay the same:
 * **Canvas.** :class:`~rotplugin.models.EquivariantDetDataPreprocessor` pads each batch to an equivariant canvas
   (:mod:`rotplugin.canvas`), which no stock preprocessor does. The exported pipelines normalise
   (``Normalize``, mmcv) and then pad every image to one fixed canvas (``mmdet.Pad``, zeros after normalisation, at
-  the bottom and right, as the preprocessor does); the stock ``DetDataPreprocessor`` then neither normalises nor
+  the bottom and right, as the preprocessor does; inside mmcv's ``KeyMapper`` so that ``img_shape`` stays the
+  resized image's, to which the heads clip boxes); the stock ``DetDataPreprocessor`` then neither normalises nor
   pads. The fixed canvas is that of the largest image the test ``Resize`` produces (1025² for DOTA's 1024 patches):
   the exported model sees exactly the original's input for those images; a smaller image is padded further than the
   original would pad it (more zero border).
@@ -337,8 +338,11 @@ def export_stock(cfg: Config, model: nn.Module, canvas: Optional[Sequence[int]] 
         pcfg.update(type="mmdet.DetDataPreprocessor", mean=None, std=None, bgr_to_rgb=False, rgb_to_bgr=False,
                     pad_size_divisor=1)
         mcfg.data_preprocessor = pcfg
+        # the pad is wrapped in mmcv's KeyMapper so that it changes the image (and records pad_shape) but leaves
+        # img_shape the resized image's, as the canvas preprocessor does: the heads clip boxes to img_shape
         steps = [dict(type="Normalize", mean=mean, std=std, to_rgb=to_rgb),
-                 dict(type="mmdet.Pad", size=(canvas[1], canvas[0]), pad_val=dict(img=0, seg=255))]
+                 dict(type="KeyMapper", mapping=dict(img="img", pad_shape="pad_shape"), allow_nonexist_keys=True,
+                      transforms=[dict(type="mmdet.Pad", size=(canvas[1], canvas[0]), pad_val=dict(img=0))])]
         for pipeline in _pipelines(out):
             at = [i for i, t in enumerate(pipeline) if _bare(t.get("type")) == "PackDetInputs"]
             if at:

@@ -202,7 +202,7 @@ class FieldConv(nn.Module):
             filt, bias = self.conv.expand_parameters()
             filt = self._symmetrize(filt)
             out = nn.Conv2d(self.in_type.size, self.out_type.size, self.kernel_size, stride=self.stride,
-                            padding=self.padding, dilation=self.dilation, bias=bias is not None)
+                            padding=self.padding, dilation=self.dilation, bias=bias is not None, dtype=filt.dtype)
             out.weight.copy_(filt)
             if bias is not None:
                 out.bias.copy_(bias)
@@ -249,7 +249,8 @@ class FieldBatchNorm(nn.Module):
     def export(self) -> nn.BatchNorm2d:
         """A ``torch.nn.BatchNorm2d`` over channels with the per-field statistics repeated (equal in eval mode)."""
         n, bn = self.field_size, self.bn
-        out = nn.BatchNorm2d(bn.num_features * n, eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
+        out = nn.BatchNorm2d(bn.num_features * n, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                             dtype=bn.running_mean.dtype)
         with torch.no_grad():
             out.running_mean.copy_(bn.running_mean.repeat_interleave(n))
             out.running_var.copy_(bn.running_var.repeat_interleave(n))
