@@ -290,8 +290,8 @@ def test_stock_mmrotate_gives_the_source_detections_without_escnn_or_rotplugin(e
 
 
 def test_onnx_runtime_detections_and_feature_tta_views(exported, crop):
+    from mmdet.structures.bbox import get_box_tensor
     from mmengine.dataset import Compose, pseudo_collate
-    from mmrotate.registry import MODELS
 
     from rotplugin.apis.export import build_detector
     from rotplugin.deploy.onnx import OnnxDetector
@@ -312,7 +312,8 @@ def test_onnx_runtime_detections_and_feature_tta_views(exported, crop):
         with torch.no_grad():
             want = stock.predict(inputs, [s.clone() for s in samples])[0].pred_instances
         got = OnnxDetector(stock, folder).predict(inputs, [s.clone() for s in samples])[0].pred_instances
-        _assert_same((want.bboxes.tensor, want.scores, want.labels), (got.bboxes.tensor, got.scores, got.labels))
+        _assert_same((get_box_tensor(want.bboxes), want.scores, want.labels),
+                     (get_box_tensor(got.bboxes), got.scores, got.labels))
 
         # the TTA graph's views = the PyTorch feature-TTA views of the source model, and so the merged result
         cfg, model = build_detector(config, ckpt)
@@ -329,11 +330,12 @@ def test_onnx_runtime_detections_and_feature_tta_views(exported, crop):
                                               torch_views):
             view = views_to_original(results, angle, canvas, samples)[0].pred_instances
             ref = torch_view.pred_instances
-            _assert_same((ref.bboxes, ref.scores, ref.labels), (view.bboxes, view.scores, view.labels))
+            _assert_same((get_box_tensor(ref.bboxes), ref.scores, ref.labels),
+                         (get_box_tensor(view.bboxes), view.scores, view.labels))
         merged = runner.predict(inputs, samples)[0].pred_instances
         ref = tta.merge_preds([torch_views])[0].pred_instances
-        _assert_same((ref.bboxes.tensor, ref.scores, ref.labels),
-                     (merged.bboxes.tensor, merged.scores, merged.labels))
+        _assert_same((get_box_tensor(ref.bboxes), ref.scores, ref.labels),
+                     (get_box_tensor(merged.bboxes), merged.scores, merged.labels))
 
 
 def test_redet_keeps_only_the_riroi_extractor(tmp_path, crop):

@@ -69,7 +69,7 @@ fi
 pip_install -q "$wheel_dir"/mmcv-*.whl
 
 log "mmengine, mmdet, mmrotate-dev"
-pip_install -q mmengine mmdet mmrotate-dev shapely  # shapely: the DOTA Task1 evaluation
+pip_install -q mmengine mmdet mmrotate-dev shapely onnx onnxruntime  # shapely: DOTA Task1 evaluation; onnx(runtime): tools/export.py --onnx
 
 log "escnn without py3nj (SO(3) only), its dependencies, e2cnn (test oracle / checkpoint conversion)"
 pip_install -q --no-deps escnn
