@@ -253,27 +253,25 @@ class OnnxDetector:
         out = self.roi_session(rois_feats.contiguous())
         return out["cls_score"], out["bbox_pred"]
 
-    def _heads(self, outs: Dict[str, torch.Tensor], prefix: str, samples) -> list:
-        """The detections of one view's outputs (boxes on the view's canvas, not rescaled)."""
+    def _heads(self, outs: Dict[str, torch.Tensor], prefix: str, samples, rescale: bool = False) -> list:
+        """The detections of one view's outputs (boxes on the view's canvas; ``rescale``: on the original image)."""
         levels, kinds = self.meta["levels"], self.meta["kinds"]
         grouped = [[outs[f"{prefix}{k}_{i}"] for i in range(levels)] for k in kinds]
         metas = [s.metainfo for s in samples]
         det = self.det
         if not self.meta["two_stage"]:
-            return det.bbox_head.predict_by_feat(*grouped, batch_img_metas=metas, rescale=False)
+            return det.bbox_head.predict_by_feat(*grouped, batch_img_metas=metas, rescale=rescale)
         feats = tuple(outs[f"{prefix}feat_{i}"] for i in range(levels))
         proposals = det.rpn_head.predict_by_feat(*grouped, batch_img_metas=metas, rescale=False)
         head = det.roi_head.bbox_head
         head.forward = self._roi_forward      # the RoI head's layers run in ONNX Runtime (instance attribute)
         try:
-            return det.roi_head.predict(feats, proposals, samples, rescale=False)
+            return det.roi_head.predict(feats, proposals, samples, rescale=rescale)
         finally:
             del head.forward
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, data_samples) -> list:
-        from mmdet.structures.bbox import scale_boxes
-
         if tuple(inputs.shape[-2:]) != tuple(self.meta["canvas"]):
             raise ValueError(f"the ONNX graphs were exported for the canvas {tuple(self.meta['canvas'])}; got a batch "
                              f"of {tuple(inputs.shape[-2:])}")
@@ -282,12 +280,8 @@ class OnnxDetector:
         self.timings["graph"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not self.tta:
-            results = self._heads(outs, "", data_samples)
             out = []
-            for sample, res in zip(data_samples, results):
-                scale = sample.metainfo.get("scale_factor")
-                if scale is not None:
-                    res.bboxes = scale_boxes(res.bboxes, [1.0 / s for s in scale])
+            for sample, res in zip(data_samples, self._heads(outs, "", data_samples, rescale=True)):
                 sample = sample.clone()
                 sample.pred_instances = res
                 out.append(sample)
