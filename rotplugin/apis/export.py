@@ -152,7 +152,7 @@ def export_detector(config, checkpoint, out_dir, *, fold_bn: bool = True, canvas
 
 def _export_graphs(model, stock, canvas, cfg, folder: Path, tta_angles, threads, log) -> dict:
     """Write and check the ONNX graphs (outputs against PyTorch on one random canvas batch)."""
-    from rotplugin.deploy.onnx import (FeatureTTATensorPart, OrtSession, RoIBBoxHeadPart, TensorPart, export_graph,
+    from rotplugin.deploy.onnx import (FeatureTTATensorPart, RoIBBoxHeadPart, TensorPart, export_graph,
                                        output_layout, quarter_turns)
     from rotplugin.equivariance import feature_pyramid
 

@@ -34,7 +34,6 @@ What changes, and why the detections stay the same:
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import re
 import shutil
