@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
-__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "ResumableResults", "DOTA_MEAN", "DOTA_STD",
+__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "write_folder_atomic", "ResumableResults", "DOTA_MEAN", "DOTA_STD",
            "image_to_tensor", "load_image"]
 
 # mmrotate's DOTA configs normalise images by ImageNet's mean and std (RGB order, 0-255 scale)
@@ -82,14 +83,45 @@ def write_atomic(path, write: Callable, mode: str) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_folder_atomic(out_dir, writers: Dict[str, Callable[[Path], None]], overwrite: bool = False) -> Path:
+    """Create the folder ``out_dir`` holding the files ``writers`` make (``name -> fn(path)``) all at once: they are
+    written into a temporary folder beside it, renamed to ``out_dir`` only when every writer succeeded (an error or
+    an interruption leaves no partial folder). An existing non-empty ``out_dir`` raises ``FileExistsError`` unless
+    ``overwrite`` (then it is replaced as a whole: readers find the old folder or the new one)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not an empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():   # the old one moves aside first
+            old = out.parent / f"{tmp.name[:-4]}.old"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def write_json_atomic(path, data) -> None:

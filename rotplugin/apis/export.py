@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from rotplugin.deploy.stock import ExportError, check_state_dict_fits, export_stock, write_folder_atomic
+from rotplugin.deploy.stock import ExportError, check_state_dict_fits, export_stock
+from rotplugin.io import write_folder_atomic
 
 __all__ = ["export_detector", "build_detector", "DEFAULT_TTA_ANGLES", "GRAPH_TOL"]
 
@@ -85,14 +86,14 @@ def _check_features(model, stock, shape, dtype=torch.float32, seed: int = 0) -> 
     return max(_relative(b.double(), a.double()) for a, b in zip(model.extract_feat(x), stock.extract_feat(x)))
 
 
-def check_export(cfg, model, export, canvas=None, fold_bn=True) -> dict:
+def check_export(cfg, model, export, stock, fold_bn=True) -> dict:
     """How far the stock model's features are from the source model's on a random batch (2·max_stride + 1)²: in
     float64, with the export made in float64 too, which tests the mapping and the folding themselves (rounding
     ~1e-12; :class:`ExportError` beyond ``FLOAT64_TOL``), and in float32 (the files as written; folding rounds
     differently from the source's batch norms, by ~1e-5 relative in a random deep network)."""
     max_stride = getattr(model.data_preprocessor, "max_stride", 32)
     shape = (2 * max_stride + 1, 2 * max_stride + 1)
-    err32 = _check_features(model, _stock_model(export), shape)
+    err32 = _check_features(model, stock, shape)
     try:
         model.double()
         export64 = export_stock(cfg, model, canvas=export.canvas, fold_bn=fold_bn)
@@ -117,8 +118,8 @@ def export_detector(config, checkpoint, out_dir, *, fold_bn: bool = True, canvas
         raise ExportError(f"{out_dir} exists and is not an empty folder: choose another OUT_DIR or pass --overwrite")
     cfg, model = build_detector(config, checkpoint)
     export = export_stock(cfg, model, canvas=canvas, fold_bn=fold_bn, source=str(config))
-    check = check_export(cfg, model, export, fold_bn=fold_bn)
     stock = _stock_model(export)
+    check = check_export(cfg, model, export, stock, fold_bn=fold_bn)
     log(f"stock model: features within {check['float64_rel_error']:.1e} (float64) / "
         f"{check['float32_rel_error']:.1e} (float32, as written) of the source model's, relative, on a random "
         f"{check['check_input'][0]}² input")

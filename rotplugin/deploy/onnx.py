@@ -38,15 +38,16 @@ __all__ = ["quarter_turns", "quarter_turn_permutations", "TensorPart", "RoIBBoxH
 
 def quarter_turns(angles: Sequence[float]) -> List[int]:
     """``k`` (0..3) of each angle, which must be a multiple of 90° (the angles an index-op graph can hold)."""
+    from rotplugin.canvas import _quarter_turns
     from rotplugin.models.tta import parse_angles
 
     out = []
     for a in parse_angles(angles):
-        k = a / 90.0
-        if abs(k - round(k)) > 1e-9:
+        k = _quarter_turns(a)
+        if k is None:
             raise ValueError(f"the ONNX feature-TTA graph holds quarter turns only (index operations); angle {a}° "
                              f"is not a multiple of 90°")
-        out.append(int(round(k)) % 4)
+        out.append(k)
     return out
 
 
@@ -292,11 +293,11 @@ class OnnxDetector:
 
     def view_results(self, outs, canvas, data_samples) -> List[list]:
         """Per view (``deploy.json``'s ``tta.angles``), the detections of every image on the view's canvas."""
-        from rotplugin.models.tta import _RotationTTAModel
+        from rotplugin.models.tta import FeatureRotationTTAModel
 
         views = []
         for i, angle in enumerate(self.meta["tta"]["angles"]):
-            samples = [_RotationTTAModel.view_sample(s, angle, canvas) for s in data_samples]
+            samples = [FeatureRotationTTAModel.view_sample(s, angle, canvas) for s in data_samples]
             views.append(self._heads(outs, f"v{i}_", samples))
         return views
 

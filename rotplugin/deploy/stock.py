@@ -34,24 +34,20 @@ What changes, and why the detections stay the same:
 from __future__ import annotations
 
 import inspect
-import os
 import re
-import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
 from torch import nn
 
-from rotplugin.canvas import equivariant_canvas_shape
+from rotplugin.canvas import equivariant_canvas_shape, is_equivariant_canvas
 
 __all__ = ["ExportError", "StockExport", "STOCK_EQUIVALENTS", "KEPT_PIECES", "rotplugin_types", "fold_batch_norm",
            "stock_resnet_config", "stock_fpn_config", "stock_resnet_state_dict", "stock_fpn_state_dict",
-           "fixed_canvas", "export_stock", "check_state_dict_fits", "write_folder_atomic"]
+           "fixed_canvas", "export_stock", "check_state_dict_fits"]
 
 PLAIN_BACKBONE, PLAIN_NECK = "mmdet.ResNet", "mmdet.FPN"
 # rotplugin types with a stock equivalent of the same weights and results
@@ -226,23 +222,26 @@ def fixed_canvas(cfg, max_stride: int) -> Tuple[int, int]:
     return equivariant_canvas_shape((int(h), int(w)), max_stride)
 
 
-def _replace_types(node, kept: Dict[str, str], remaining: Dict[str, str], rp_types: Dict[str, str], path=""):
-    """Swap rotplugin types with a stock equivalent in place; record kept pieces and what has neither."""
+def _replace_types(node, swapped: set, kept: Dict[str, str], remaining: Dict[str, str], rp_types: Dict[str, str],
+                   path=""):
+    """Swap rotplugin types with a stock equivalent in place (recorded in ``swapped``); record kept pieces and what
+    has neither."""
     if isinstance(node, dict):
         t = node.get("type")
         if isinstance(t, str) and _bare(t) in rp_types:
             name = _bare(t)
             if name in STOCK_EQUIVALENTS:
                 node["type"] = STOCK_EQUIVALENTS[name]
+                swapped.add(name)
             elif name in KEPT_PIECES:
                 kept[name] = KEPT_PIECES[name]
             else:
                 remaining.setdefault(name, path or "(top level)")
         for k, v in node.items():
-            _replace_types(v, kept, remaining, rp_types, f"{path}.{k}" if path else k)
+            _replace_types(v, swapped, kept, remaining, rp_types, f"{path}.{k}" if path else k)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            _replace_types(v, kept, remaining, rp_types, f"{path}[{i}]")
+            _replace_types(v, swapped, kept, remaining, rp_types, f"{path}[{i}]")
 
 
 @dataclass
@@ -327,7 +326,7 @@ def export_stock(cfg: Config, model: nn.Module, canvas: Optional[Sequence[int]] 
             raise ExportError("the data preprocessor declares no max_stride: pass the canvas (--canvas H W)")
         canvas = fixed_canvas(cfg, max_stride)
     canvas = (int(canvas[0]), int(canvas[1]))
-    if max_stride is not None and any((c - 1) % max_stride for c in canvas):
+    if max_stride is not None and not is_equivariant_canvas(canvas, max_stride):
         raise ExportError(f"canvas {canvas} is not equivariant for the model's max_stride {max_stride} (each side "
                           f"≡ 1 mod {max_stride}, e.g. {equivariant_canvas_shape(canvas, max_stride)})")
     if isinstance(pre, EquivariantDetDataPreprocessor):
@@ -352,8 +351,8 @@ def export_stock(cfg: Config, model: nn.Module, canvas: Optional[Sequence[int]] 
                         f"{canvas[0]}x{canvas[1]} (H x W) before PackDetInputs")
 
     rp_types = rotplugin_types()
-    kept, remaining = {}, {}
-    _replace_types(out._cfg_dict, kept, remaining, rp_types)
+    swapped, kept, remaining = set(), {}, {}
+    _replace_types(out._cfg_dict, swapped, kept, remaining, rp_types)
     if remaining:
         listed = ", ".join(f"{t} (at {p})" for t, p in remaining.items())
         raise ExportError(f"the config uses rotplugin types with no stock equivalent: {listed}")
@@ -371,8 +370,7 @@ def export_stock(cfg: Config, model: nn.Module, canvas: Optional[Sequence[int]] 
         header += ["  - folded batch norms: each BN holds only the folded shift (mean 0, variance 1 - eps, weight 1);",
                    "    mmcv.cnn.fuse_conv_bn(model) merges it into the convolution's bias; not for fine-tuning",
                    "    (export with --keep-bn for that)"]
-    header += ["  - " + f"{name} -> {STOCK_EQUIVALENTS[name]} (same weights and results)"
-               for name in sorted({_bare(t) for t in rp_types} & set(STOCK_EQUIVALENTS)) if _uses(cfg, name)]
+    header += [f"  - {name} -> {STOCK_EQUIVALENTS[name]} (same weights and results)" for name in sorted(swapped)]
     header += [f"  - kept rotplugin piece: {name} from {module} (no stock module fits: mmcv's RiRoIAlignRotated is "
                f"CUDA-only); it imports no escnn" for name, module in kept.items()]
     header += ["  - dropped: rotation TTA (tta_model / tta_pipeline are rotplugin's; model.onnx's feature-TTA graph, "
@@ -380,10 +378,6 @@ def export_stock(cfg: Config, model: nn.Module, canvas: Optional[Sequence[int]] 
                f"Inputs: images up to the canvas {canvas[0]}x{canvas[1]}; detections equal the source model's for",
                "images whose original canvas is this one (e.g. full-size patches)."]
     return StockExport(out, sd, canvas, kept, header)
-
-
-def _uses(cfg, type_name: str) -> bool:
-    return type_name in (cfg.pretty_text if hasattr(cfg, "pretty_text") else str(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,42 +405,9 @@ def check_state_dict_fits(model: nn.Module, state_dict: dict, what: str) -> None
         parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
     if shapes:
         parts.append(f"{len(shapes)} with other shapes ({few(shapes)})")
-    hint = ""
-    if any(".conv.weights" in k for k in own) and any(k.endswith("filter") or ".weights" not in k for k in unexpected):
-        from rotplugin.convert.redet import is_redet_state_dict
-        if is_redet_state_dict(state_dict):
-            hint = "; it is an e2cnn ReDet checkpoint: convert it first with tools/convert_redet_checkpoint.py"
+    from rotplugin.convert.redet import is_redet_state_dict
+
+    hint = ("; it is an e2cnn ReDet checkpoint: convert it first with tools/convert_redet_checkpoint.py"
+            if is_redet_state_dict(state_dict) else "")
     raise ExportError(f"{what} does not fit the config's model: {'; '.join(parts)}. Is it a checkpoint of another "
                       f"architecture?{hint}")
-
-
-def write_folder_atomic(out_dir, writers: Dict[str, Callable[[Path], None]], overwrite: bool = False) -> Path:
-    """Create ``out_dir`` holding the files ``writers`` make (``name -> fn(path)``) all at once: they are written
-    into a temporary folder beside it, which is renamed to ``out_dir`` only when every writer succeeded. An existing
-    non-empty ``out_dir`` is an :class:`ExportError` unless ``overwrite`` (then it is replaced as a whole)."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ExportError(f"{out} exists and is not an empty folder: choose another OUT_DIR or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, write in writers.items():
-            write(tmp / name)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():   # the old folder moves aside first: a reader finds the old one or the new one
-            old = out.parent / f"{tmp.name[:-4]}.old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
