@@ -1,5 +1,6 @@
 """Interrupted runs lose nothing: atomic writes (rotplugin.io, AtomicDumpResults) and resumable benchmark JSONs
-(tools/benchmark_tta.py, tools/benchmark_rotation.py, tools/check_equivariance.py), with fake measurements."""
+(tools/benchmark_tta.py, tools/benchmark_rotation.py, tools/benchmark_deploy.py, tools/check_equivariance.py), with
+fake measurements."""
 import json
 import os
 import pickle
@@ -187,6 +188,55 @@ def test_benchmark_rotation_resumes(tmp_path, monkeypatch, capsys, tool_state):
     bench.main(["--json", out])                                           # not --quick: speed again
     assert calls == ["speed", "accuracy", "accuracy", "speed"]
     assert "accuracy: skipped" in capsys.readouterr().out
+
+
+def test_benchmark_deploy_resumes_and_summarises(tmp_path, monkeypatch, capsys, tool_state):
+    bench = load_tool("benchmark_deploy")
+    prepared, ran = [], []
+    fake = {"escnn": (3.0, 6.0), "pytorch": (1.05, 3.3), "onnxruntime": (1.0, 2.5), "stock_r50": (1.0, 3.0)}
+
+    def prepare(name, folder, size, score_thr, threads, log=print):
+        prepared.append(name)
+
+    def run_child(variant, name, folder, size, repeat, threads):
+        ran.append(variant)
+        if variant == "onnxruntime" and os.environ.get("FAKE_INTERRUPT"):
+            raise KeyboardInterrupt
+        if variant == "onnxruntime_tta":
+            return {"feature_tta_s": 7.0, "image_tta_s": 10.0, "peak_rss_mb": 900.0, "num_dets": 5,
+                    "num_dets_image_tta": 5, "matched": 1.0}
+        b, d = fake[variant]
+        return {"backbone_neck_s": b, "detector_s": d, "peak_rss_mb": 1000.0 * b, "num_dets": 5}
+
+    monkeypatch.setattr(bench, "prepare", prepare)
+    monkeypatch.setattr(bench, "run_child", run_child)
+    out = str(tmp_path / "deploy.json")
+    args = ["--json", out, "--models", "rotated_retinanet", "--work", str(tmp_path / "work")]
+    monkeypatch.setenv("FAKE_INTERRUPT", "1")
+    with pytest.raises(KeyboardInterrupt):                              # interrupted in the 3rd variant
+        bench.main(args)
+    assert ran == ["escnn", "pytorch", "onnxruntime"] and prepared == ["rotated_retinanet"]
+    assert sorted(json.loads(open(out).read())) == ["rotated_retinanet/escnn", "rotated_retinanet/pytorch"]
+    monkeypatch.delenv("FAKE_INTERRUPT")
+    bench.main(args)                                                     # resumes: only the missing variants
+    assert ran[3:] == ["onnxruntime", "onnxruntime_tta", "stock_r50"]
+    assert prepared == ["rotated_retinanet"]                            # the exports of the first run are reused
+    summary = json.loads(open(out).read())["summary"]["rotated_retinanet"]
+    assert summary["pytorch_over_stock_r50"]["backbone_neck"] == pytest.approx(1.05)
+    assert not summary["pytorch_over_stock_r50"]["met"]                 # the detector: 3.3 / 3.0 > 1.05
+    assert summary["onnxruntime_over_pytorch"]["detector"] == pytest.approx(2.5 / 3.3)
+    assert summary["onnxruntime_over_pytorch"]["met"]
+    assert "goal" not in summary["escnn_over_pytorch"]
+    tta = summary["onnxruntime_tta"]                                     # B = 1.0, H = 1.5 of ONNX Runtime
+    assert tta["ideal_ratio"] == pytest.approx((1.0 + 4 * 1.5) / (4 * 2.5))
+    assert tta["measured_ratio"] == pytest.approx(0.7) and tta["met"]
+    bench.main(args)                                                     # all done: nothing run again
+    assert len(ran) == 6 and "skipped" in capsys.readouterr().out
+    bench.main(args + ["--repeat", "1", "--variants", "pytorch"])        # other settings: measured again
+    assert ran[-1] == "pytorch"
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--size", "100"])                             # not a multiple of 32
+    assert "multiple of 32" in capsys.readouterr().err
 
 
 def test_image_to_tensor_matches_mmdet_preprocessing():

@@ -336,6 +336,15 @@ def test_onnx_runtime_detections_and_feature_tta_views(exported, crop):
         ref = tta.merge_preds([torch_views])[0].pred_instances
         _assert_same((get_box_tensor(ref.bboxes), ref.scores, ref.labels),
                      (get_box_tensor(merged.bboxes), merged.scores, merged.labels))
+        # image TTA on model.onnx (one call per rotated input): the same merged detections, on the exact canvas
+        image = OnnxDetector(stock, folder).predict_image_tta(inputs, samples, meta["tta"]["angles"])
+        image = image[0].pred_instances
+        _assert_same((get_box_tensor(ref.bboxes), ref.scores, ref.labels),
+                     (get_box_tensor(image.bboxes), image.scores, image.labels))
+        with pytest.raises(ValueError, match="tta=False"):
+            runner.predict_image_tta(inputs, samples)
+        with pytest.raises(ValueError, match="not a multiple of 90"):
+            OnnxDetector(stock, folder).predict_image_tta(inputs, samples, [0, 45])
 
 
 def test_redet_keeps_only_the_riroi_extractor(tmp_path, crop):

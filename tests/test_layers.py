@@ -95,10 +95,14 @@ def _loaded(code: str):
 @pytest.mark.parametrize("code, banned", [
     ("import rotplugin", MM + ("torch", "escnn", "numpy", "cv2")),
     ("import rotplugin.canvas, rotplugin.boxes", MM + ("escnn",)),
+    ("import rotplugin.timing", MM + ("torch", "escnn", "numpy")),
     ("import rotplugin.fields", MM),
     ("import rotplugin.data, rotplugin.data.dota_split, rotplugin.data.dota_synth, rotplugin.data.dota_eval",
      MM + ("torch", "escnn")),
     ("import rotplugin.io, rotplugin.nn, rotplugin.ops, rotplugin.equivariance", MM),
+    # what a deployed model needs: the ONNX Runtime runner with its TTA merge, the kept RiRoIExtractor (e2cnn may
+    # load: mmrotate's own ReDet backbone imports it when it is installed)
+    ("import rotplugin.deploy.onnx, rotplugin.models.tta_views, rotplugin.models.roi_extractors", ("escnn",)),
 ])
 def test_light_layers_load_no_heavy_package(code, banned):
     loaded, _ = _loaded(code)

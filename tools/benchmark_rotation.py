@@ -56,20 +56,10 @@ from escnn import nn as enn  # noqa: E402
 from rotplugin.apis.demo import SAMPLE_IMAGE  # noqa: E402
 from rotplugin.fields import rotate_fields, rotate_grid, rotate_pyramid  # noqa: E402
 from rotplugin.io import ResumableResults, load_image  # noqa: E402
+from rotplugin.timing import median_time  # noqa: E402
 
 SAMPLE = ROOT / SAMPLE_IMAGE
 KEYS = ("rot90_over_clone", "escnn_over_ours_90", "escnn_over_ours_45", "err45_features", "err45_input")
-
-
-def median_time(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _page_faults() -> int:
@@ -140,9 +130,9 @@ def speed(quick: bool) -> dict:
     t270, _, ratio270, _, _ = interleaved_ratio(ours(270), clone, max(5, reps // 3))
     trot, _, ratio_rot, _, _ = interleaved_ratio(lambda: [torch.rot90(f, 1, (-2, -1)) for f in feats], clone,
                                                  max(5, reps // 3))
-    t45 = median_time(ours(45), max(3, reps // 6))
-    te90 = median_time(escnn(2), 3 if quick else 5, warmup=1)
-    te45 = median_time(escnn(1), 1 if quick else 3, warmup=0 if quick else 1)
+    t45 = median_time(ours(45), max(3, reps // 6), warmup=2)[0]
+    te90 = median_time(escnn(2), 3 if quick else 5, warmup=1)[0]
+    te45 = median_time(escnn(1), 1 if quick else 3, warmup=0 if quick else 1)[0]
     # sanity: the two agree at 90° (bitwise) and closely at 45° inside a disc
     e90 = escnn(2)()
     assert all(torch.equal(a, b) for a, b in zip(ours(90)(), e90)), "90° differs from escnn"

@@ -26,8 +26,6 @@ measured with; rerun with the same ``--json`` and the entries already there with
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from rotplugin.boxes import match_detections
 from rotplugin.io import ResumableResults, load_image
 from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
 from rotplugin.presets import load_config
+from rotplugin.timing import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -71,15 +70,6 @@ def batch(size):
     return dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()], data_samples=[sample]), source
 
 
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def dets(sample):
     p = sample.pred_instances
     return p.bboxes.tensor, p.scores, p.labels
@@ -91,11 +81,11 @@ def measure(model, data, angles, repeat, score_thr):
     x, samples = pre["inputs"], pre["data_samples"]
     kw = dict(angles=angles, score_thr=score_thr, iou_thr=0.1)
     feat_tta, img_tta = FeatureRotationTTAModel(model, **kw), ImageRotationTTAModel(model, **kw)
-    t_b, feats = timed(lambda: model.extract_feat(x), repeat)
+    t_b, feats = median_time(lambda: model.extract_feat(x), repeat)
     views = [feat_tta.view_sample(s, 0, tuple(x.shape[-2:])) for s in samples]
-    t_h, _ = timed(lambda: feat_tta.predict_view(feats, views), repeat)
-    t_feat, out_feat = timed(lambda: feat_tta.predict(x, samples), repeat)
-    t_img, out_img = timed(lambda: img_tta.predict(x, samples), repeat)
+    t_h, _ = median_time(lambda: feat_tta.predict_view(feats, views), repeat)
+    t_feat, out_feat = median_time(lambda: feat_tta.predict(x, samples), repeat)
+    t_img, out_img = median_time(lambda: img_tta.predict(x, samples), repeat)
     v = len(angles)
     a, b = dets(out_feat[0]), dets(out_img[0])
     matched, box_diff, score_diff = match_detections(a, b)

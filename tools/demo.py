@@ -36,7 +36,7 @@ from mmengine.runner import Runner
 from mmrotate.registry import DATASETS, MODELS
 
 from rotplugin.apis.benchmark import MODES, run_benchmark
-from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout
+from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout, demo_config
 from rotplugin.data.dota_synth import generate_dataset
 from rotplugin.equivariance import measure_equivariance, pad_image
 from rotplugin.io import image_to_tensor, load_image, write_atomic, write_json_atomic
@@ -91,30 +91,10 @@ def _read_json(path):
 
 
 # -- 2. training ---------------------------------------------------------------------------------------------------
-def demo_config(out: Path, size: int, epochs=None):
-    """The demo config with its data under ``out`` and test scenes of ``size``² kept at their size."""
-    cfg = load_config(str(CONFIG))
-    data_root = str(out / "data") + os.sep
-    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[key].dataset.data_root = data_root
-        for step in cfg[key].dataset.pipeline:
-            if step["type"] == "mmdet.Resize":
-                step["scale"] = (size, size)
-    cfg.tta_pipeline = cfg.test_dataloader.dataset.pipeline   # rotation TTA tests on the same pipeline
-    if epochs:
-        cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
-        for sched in cfg.param_scheduler:
-            if sched.get("by_epoch", True):
-                sched.update(end=epochs, T_max=epochs) if "T_max" in sched else sched.update(end=epochs)
-        cfg.default_hooks.checkpoint.interval = epochs
-    cfg.work_dir = str(DemoLayout(out).train_dir)
-    return cfg
-
-
 def train(out: Path, args, data: dict) -> dict:
     model_path = DemoLayout(out).checkpoint
     info_path = DemoLayout(out).train_dir / "train.json"
-    cfg = demo_config(out, args.size, args.epochs)
+    cfg = demo_config(CONFIG, out, args.size, args.epochs)
     settings = {"data": data, "epochs": cfg.train_cfg.max_epochs}
     if model_path.is_file() and info_path.is_file() and not args.retrain:
         info = _read_json(info_path)
@@ -148,7 +128,8 @@ def train(out: Path, args, data: dict) -> dict:
 # -- 3. benchmark --------------------------------------------------------------------------------------------------
 def benchmark(out: Path, args) -> dict:
     layout = DemoLayout(out)
-    res = run_benchmark(demo_config(out, args.size), str(layout.checkpoint), str(layout.test_data), modes=MODES,
+    res = run_benchmark(demo_config(CONFIG, out, args.size), str(layout.checkpoint), str(layout.test_data),
+                        modes=MODES,
                         angles=" ".join(args.angles), out_dir=str(layout.benchmark_dir), log=log)
     print(res["table"], flush=True)
     return res
@@ -159,7 +140,7 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     """The test scenes with the most objects: ground truth (white) and the detections without TTA and with
     feature TTA over ``angles`` side by side."""
     layout = DemoLayout(out)
-    cfg = demo_config(out, size)
+    cfg = demo_config(CONFIG, out, size)
     model = MODELS.build(cfg.model)
     state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)  # tensors and strings only
     model.load_state_dict(state["state_dict"])
@@ -193,7 +174,7 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
 def draw_fields(out: Path, size: int) -> dict:
     """The trained model's fields on the first test scene, and their passive rotation by 90°."""
     layout = DemoLayout(out)
-    model = MODELS.build(demo_config(out, size).model)
+    model = MODELS.build(demo_config(CONFIG, out, size).model)
     state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     model.eval()

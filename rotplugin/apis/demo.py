@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEMO_CONFIG", "DEMO_WORK_DIR", "SAMPLE_IMAGE", "DemoLayout"]
+__all__ = ["DEMO_CONFIG", "DEMO_WORK_DIR", "SAMPLE_IMAGE", "DemoLayout", "demo_config"]
 
 DEMO_CONFIG = "configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
 DEMO_WORK_DIR = "work_dirs/demo"   # tools/demo.py's default --out
@@ -52,3 +52,29 @@ class DemoLayout:
     @property
     def fields_dir(self) -> Path:
         return self.out / "fields"
+
+
+def demo_config(config, out, size: int, epochs=None, data=None):
+    """The demo config (the file ``config``, resolved by the caller) with its data under ``data`` (default
+    ``DemoLayout(out).data``), test scenes of ``size``² kept at their size, rotation TTA on the same pipeline, and
+    with ``epochs`` the schedule stretched to them; work dir ``DemoLayout(out).train_dir``."""
+    import os
+
+    from rotplugin.presets import load_config   # mm* only here: the paths above stay light
+
+    cfg = load_config(str(config))
+    data_root = str(Path(data) if data is not None else DemoLayout(out).data) + os.sep
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[key].dataset.data_root = data_root
+        for step in cfg[key].dataset.pipeline:
+            if step["type"] == "mmdet.Resize":
+                step["scale"] = (size, size)
+    cfg.tta_pipeline = cfg.test_dataloader.dataset.pipeline   # rotation TTA tests on the same pipeline
+    if epochs:
+        cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = epochs
+        for sched in cfg.param_scheduler:
+            if sched.get("by_epoch", True):
+                sched.update(end=epochs, T_max=epochs) if "T_max" in sched else sched.update(end=epochs)
+        cfg.default_hooks.checkpoint.interval = epochs
+    cfg.work_dir = str(DemoLayout(out).train_dir)
+    return cfg

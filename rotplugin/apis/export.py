@@ -153,8 +153,8 @@ def export_detector(config, checkpoint, out_dir, *, fold_bn: bool = True, canvas
 
 def _export_graphs(model, stock, canvas, cfg, folder: Path, tta_angles, threads, log) -> dict:
     """Write and check the ONNX graphs (outputs against PyTorch on one random canvas batch)."""
-    from rotplugin.deploy.onnx import (FeatureTTATensorPart, RoIBBoxHeadPart, TensorPart, export_graph,
-                                       output_layout, quarter_turns)
+    from rotplugin.deploy.onnx import (DEFAULT_MERGE, FeatureTTATensorPart, RoIBBoxHeadPart, TensorPart,
+                                       export_graph, output_layout, quarter_turns)
     from rotplugin.equivariance import feature_pyramid
 
     g = torch.Generator().manual_seed(0)
@@ -191,8 +191,7 @@ def _export_graphs(model, stock, canvas, cfg, folder: Path, tta_angles, threads,
         log(f"model_tta.onnx ({len(tta.angles)} views): outputs within "
             f"{info['graphs']['model_tta.onnx']['max_rel_error']:.1e} of PyTorch ({time.perf_counter() - t0:.1f} s)")
         merge = dict((cfg.get("tta_model") or {}))
-        info["tta"] = {"angles": tta.angles, "iou_thr": merge.get("iou_thr", 0.1),
-                       "score_thr": merge.get("score_thr", 0.05), "max_per_img": merge.get("max_per_img", 2000)}
+        info["tta"] = {"angles": tta.angles, **{k: merge.get(k, v) for k, v in DEFAULT_MERGE.items()}}
     (folder / "deploy.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

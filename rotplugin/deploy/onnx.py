@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 __all__ = ["quarter_turns", "quarter_turn_permutations", "TensorPart", "RoIBBoxHeadPart", "FeatureTTATensorPart",
-           "export_graph", "OrtSession", "OnnxDetector", "output_layout"]
+           "export_graph", "OrtSession", "OnnxDetector", "output_layout", "DEFAULT_MERGE"]
 
 
 def quarter_turns(angles: Sequence[float]) -> List[int]:
     """``k`` (0..3) of each angle, which must be a multiple of 90° (the angles an index-op graph can hold)."""
     from rotplugin.canvas import _quarter_turns
-    from rotplugin.models.tta import parse_angles
+    from rotplugin.models.tta_views import parse_angles
 
     out = []
     for a in parse_angles(angles):
@@ -221,6 +221,10 @@ class OrtSession:
         return {n: torch.from_numpy(a) for n, a in zip(self.output_names, arrays)}
 
 
+# the TTA views' merge when neither deploy.json nor the caller sets it (FeatureRotationTTAModel's own defaults)
+DEFAULT_MERGE = dict(iou_thr=0.1, score_thr=0.05, max_per_img=2000)
+
+
 class OnnxDetector:
     """Detections from the ONNX graphs: ``predict(inputs, data_samples)`` like the detector's ``predict`` (boxes
     rescaled to the original image), the graphs run by ONNX Runtime and the decoding / NMS by the stock ``det``'s
@@ -228,7 +232,8 @@ class OnnxDetector:
 
     ``tta=True`` runs ``model_tta.onnx`` (all views in one call) and merges the views like
     :class:`rotplugin.models.FeatureRotationTTAModel` with ``iou_thr``, ``score_thr``, ``max_per_img``
-    (default: ``deploy.json``'s ``tta``).
+    (default: ``deploy.json``'s ``tta``, else :data:`DEFAULT_MERGE`). :meth:`predict_image_tta` is the baseline
+    it replaces: ``model.onnx`` on each quarter-turned input, merged the same way.
     """
 
     def __init__(self, det, folder, threads: Optional[int] = None, tta: bool = False, **merge):
@@ -247,15 +252,18 @@ class OnnxDetector:
         if self.meta["two_stage"]:
             self.roi_session = OrtSession(self.folder / "roi_bbox_head.onnx", threads)
         self.timings: Dict[str, float] = {}
-        self.merge = dict(self.meta.get("tta", {}), **merge)
+        self.merge = {k: v for k, v in dict(DEFAULT_MERGE, **self.meta.get("tta", {}), **merge).items()
+                      if k in DEFAULT_MERGE}
 
     # ---------------------------------------------------------------------------------------------------------
     def _roi_forward(self, rois_feats):
         out = self.roi_session(rois_feats.contiguous())
         return out["cls_score"], out["bbox_pred"]
 
-    def _heads(self, outs: Dict[str, torch.Tensor], prefix: str, samples, rescale: bool = False) -> list:
-        """The detections of one view's outputs (boxes on the view's canvas; ``rescale``: on the original image)."""
+    def decode(self, outs: Dict[str, torch.Tensor], prefix: str, samples, rescale: bool = False) -> list:
+        """The detections of one view's graph outputs ``outs`` (names ``<prefix><kind>_<level>``) for the data
+        samples ``samples`` (the view's metainfo): boxes on the view's canvas, or with ``rescale`` on the original
+        image."""
         levels, kinds = self.meta["levels"], self.meta["kinds"]
         grouped = [[outs[f"{prefix}{k}_{i}"] for i in range(levels)] for k in kinds]
         metas = [s.metainfo for s in samples]
@@ -271,42 +279,72 @@ class OnnxDetector:
         finally:
             del head.forward
 
-    @torch.no_grad()
-    def predict(self, inputs: torch.Tensor, data_samples) -> list:
+    def _check_canvas(self, inputs: torch.Tensor) -> None:
         if tuple(inputs.shape[-2:]) != tuple(self.meta["canvas"]):
             raise ValueError(f"the ONNX graphs were exported for the canvas {tuple(self.meta['canvas'])}; got a batch "
                              f"of {tuple(inputs.shape[-2:])}")
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, data_samples) -> list:
+        self._check_canvas(inputs)
         t0 = time.perf_counter()
         outs = self.session(inputs)
         self.timings["graph"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not self.tta:
             out = []
-            for sample, res in zip(data_samples, self._heads(outs, "", data_samples, rescale=True)):
+            for sample, res in zip(data_samples, self.decode(outs, "", data_samples, rescale=True)):
                 sample = sample.clone()
                 sample.pred_instances = res
                 out.append(sample)
         else:
-            out = self._merge_views(outs, inputs, data_samples)
+            canvas = tuple(inputs.shape[-2:])
+            out = self._merge_views(self.meta["tta"]["angles"], self.view_results(outs, canvas, data_samples),
+                                    canvas, data_samples)
         self.timings["decode"] = time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def predict_image_tta(self, inputs: torch.Tensor, data_samples, angles: Sequence[float] = (0, 90, 180, 270)) \
+            -> list:
+        """Image-rotation TTA on ``model.onnx`` (a runner made with ``tta=False``): one graph call per quarter-turned
+        input of ``angles``, the views merged as with ``tta=True``. On the canvas its detections equal the TTA
+        graph's, at the cost of a backbone pass per view."""
+        from rotplugin.models.tta_views import view_sample
+
+        if self.tta:
+            raise ValueError("predict_image_tta runs model.onnx: make the OnnxDetector with tta=False")
+        self._check_canvas(inputs)
+        turns = quarter_turns(angles)
+        angles = [90.0 * k for k in turns]
+        canvas = tuple(inputs.shape[-2:])
+        views, t_graph, t0 = [], 0.0, time.perf_counter()
+        for angle, k in zip(angles, turns):
+            t1 = time.perf_counter()
+            outs = self.session(_rot90(inputs, k).contiguous())
+            t_graph += time.perf_counter() - t1
+            views.append(self.decode(outs, "", [view_sample(s, angle, canvas) for s in data_samples]))
+        out = self._merge_views(angles, views, canvas, data_samples)
+        self.timings.update(graph=t_graph, decode=time.perf_counter() - t0 - t_graph)
         return out
 
     def view_results(self, outs, canvas, data_samples) -> List[list]:
         """Per view (``deploy.json``'s ``tta.angles``), the detections of every image on the view's canvas."""
-        from rotplugin.models.tta import FeatureRotationTTAModel
+        from rotplugin.models.tta_views import view_sample
 
         views = []
         for i, angle in enumerate(self.meta["tta"]["angles"]):
-            samples = [FeatureRotationTTAModel.view_sample(s, angle, canvas) for s in data_samples]
-            views.append(self._heads(outs, f"v{i}_", samples))
+            samples = [view_sample(s, angle, canvas) for s in data_samples]
+            views.append(self.decode(outs, f"v{i}_", samples))
         return views
 
-    def _merge_views(self, outs, inputs, data_samples):
-        from rotplugin.models.tta import merge_views, views_to_original
+    def _merge_views(self, angles, views, canvas, data_samples):
+        """Every image's views (``views[v][i]``: view ``v``'s detections of image ``i`` on the view's canvas) mapped
+        back to the canvas and merged."""
+        from rotplugin.models.tta_views import merge_views, views_to_original
 
-        canvas = tuple(inputs.shape[-2:])
         per_image = [[] for _ in data_samples]
-        for angle, results in zip(self.meta["tta"]["angles"], self.view_results(outs, canvas, data_samples)):
+        for angle, results in zip(angles, views):
             for i, view in enumerate(views_to_original(results, angle, canvas, data_samples)):
                 per_image[i].append(view)
         return [merge_views(views, self.merge["iou_thr"], self.merge["score_thr"], self.merge["max_per_img"])
