@@ -1,0 +1,201 @@
+"""Rotation augmentation in training, by rotating the images or the features: cost and value, measured side by side.
+
+    python tools/benchmark_feature_views.py [--out work_dirs/feature_views] [--data DIR] [--settings ...]
+                                            [--seeds 0 1] [--epochs E | --budget-min M] [--test-images N]
+                                            [--json OUT] [--force]
+
+Trains the demo detector (``configs/demo/...``: Rotated RetinaNet, EquivariantResNet-18 C4 + EquivariantFPN, from
+scratch, CPU) on the demo's synthetic DOTA set (``DIR/train``, ``DIR/test``; default the demo's data, generated
+as ``make demo`` does when missing) once per setting and seed:
+
+* ``none``: no rotation augmentation;
+* ``image``: mmrotate's ``RandomChoiceRotate`` (90°, 180°, 270° with probability 3/4 together: each of the four
+  quarter turns of a scene equally likely), one view per image and step;
+* ``k1``, ``k2``, ``k4``: :class:`rotplugin.engine.FeatureRotationViewsHook` with K = 1, 2, 4 of the angles
+  0/90/180/270 per step, from one backbone pass.
+
+Every setting keeps the demo's horizontal and vertical flips and drops its ``diagonal`` flip (a 180° rotation), so
+that rotations come from the setting alone. Training length: ``--epochs`` (the same number of passes over the data
+for all), or ``--budget-min`` (equal wall-clock: 10 probe iterations give each setting's s/iteration, then its
+epochs are the budget divided by its epoch time, at least 1; the schedule is stretched to them).
+
+Per run: ``sec_per_iter`` (the training's wall time / iterations, data loading included), ``epochs``, ``train_s``, mAP (DOTA, IoU 0.5) without TTA and with feature-rotation TTA (4 × 90°) on the first
+``--test-images`` test scenes (``rotplugin.apis.benchmark.run_benchmark``). ``summary``: per setting the mean and
+spread (max − min) over the seeds, and the cost per view against image rotation, ``(s/iter(kK) / K) /
+s/iter(image)`` (issue 18's goal: K = 4 at most 0.6 while reaching image rotation's mAP). Resumable: each run's
+weights and entry are kept (``--force`` redoes them).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, DemoLayout, demo_config
+from rotplugin.io import ResumableResults, write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("none", "image", "k1", "k2", "k4")
+ANGLES = [0, 90, 180, 270]
+
+
+def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int, size: int = 256):
+    cfg = demo_config(ROOT / DEMO_CONFIG, out, size, epochs, data=data)
+    pipeline = []
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "mmdet.RandomFlip":
+            step = dict(type="mmdet.RandomFlip", prob=0.5, direction=["horizontal", "vertical"])
+        pipeline.append(step)
+        if step["type"] == "ConvertBoxType" and setting == "image":
+            pipeline.append(dict(type="RandomChoiceRotate", angles=[90, 180, 270], prob=0.75,
+                                 rotate_type="Rotate"))
+    cfg.train_dataloader.dataset.pipeline = pipeline
+    hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "FeatureRotationViewsHook"]
+    if setting.startswith("k"):
+        hooks.append(dict(type="FeatureRotationViewsHook", angles=ANGLES, views=int(setting[1:]), seed=seed))
+    cfg.custom_hooks = hooks
+    cfg.randomness = dict(seed=seed)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.train_cfg.val_interval = 10 ** 6
+    cfg.default_hooks.logger.interval = 50
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1, save_last=False)
+    cfg.work_dir = str(out / f"{setting}_seed{seed}")
+    return cfg
+
+
+def probe(setting: str, data: Path, out: Path, iters: int = 10) -> float:
+    """Seconds per training iteration of ``setting`` (median of ``iters`` after 2 untimed)."""
+    from mmengine.runner import Runner
+
+    cfg = setting_config(setting, data, out / "probe", 0, 1)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters + 2, val_interval=10 ** 6)
+    cfg.param_scheduler = []
+    runner = Runner.from_cfg(cfg)
+    times = []
+    from mmengine.hooks import Hook
+
+    class IterTimer(Hook):
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            self.t0 = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    runner.register_hook(IterTimer(), priority="LOWEST")
+    runner.train()
+    return statistics.median(times[2:])
+
+
+def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print) -> dict:
+    from mmengine.runner import Runner
+
+    from rotplugin.apis.benchmark import run_benchmark
+    from rotplugin.models.tta import unwrap_model
+
+    cfg = setting_config(setting, data, out, seed, epochs)
+    runner = Runner.from_cfg(cfg)
+    t0 = time.perf_counter()
+    runner.train()
+    seconds = time.perf_counter() - t0
+    ckpt = Path(cfg.work_dir) / "model.pth"
+    state = {"state_dict": unwrap_model(runner.model).state_dict(), "meta": {"setting": setting, "seed": seed}}
+    write_atomic(ckpt, lambda fh: torch.save(state, fh), "wb")
+    log(f"{setting} seed {seed}: {runner.iter} iterations in {seconds / 60:.1f} min")
+    bench = run_benchmark(setting_config(setting, data, out, seed, epochs), str(ckpt), str(data / "test"),
+                          modes=["none", "feature"], angles=ANGLES, max_images=test_images, log=log)
+    res = bench["results"]
+    return {"epochs": epochs, "iterations": runner.iter, "train_s": seconds, "sec_per_iter": seconds / runner.iter,
+            "mAP_none": res["none"]["mAP"], "mAP_feature_tta": res["feature"]["mAP"],
+            "test_images": res["none"]["num_images"]}
+
+
+def summarise(entries: dict, settings, seeds) -> dict:
+    out = {}
+    for s in settings:
+        runs = [entries[f"{s}/seed{seed}"] for seed in seeds if f"{s}/seed{seed}" in entries]
+        if not runs:
+            continue
+        row = {"runs": len(runs)}
+        for key in ("mAP_none", "mAP_feature_tta", "sec_per_iter", "epochs", "train_s"):
+            vals = [r[key] for r in runs]
+            row[key] = statistics.mean(vals)
+            row[f"{key}_spread"] = max(vals) - min(vals)
+        out[s] = row
+    if "image" in out:
+        for s in settings:
+            if s.startswith("k") and s in out:
+                k = int(s[1:])
+                out[s]["cost_per_view_over_image"] = out[s]["sec_per_iter"] / k / out["image"]["sec_per_iter"]
+    return out
+
+
+def _ensure_data(data: Path, log=print) -> None:
+    if (data / "train" / "labelTxt").is_dir() and (data / "test" / "labelTxt").is_dir():
+        return
+    from rotplugin.data.dota_synth import generate_dataset
+
+    log(f"generating the demo's synthetic set in {data} (600 train / 150 test scenes of 256², as make demo does)")
+    for split, num, seed in (("train", 600, 0), ("test", 150, 1)):
+        generate_dataset(str(data / split), num_images=num, size=256, seed=seed, workers=2, progress=False)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "work_dirs" / "feature_views"))
+    p.add_argument("--data", default=str(DemoLayout(ROOT / DEMO_WORK_DIR).data))
+    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="epochs for every setting")
+    length.add_argument("--budget-min", type=float, help="equal wall-clock training minutes per run")
+    p.add_argument("--test-images", type=int, default=150)
+    p.add_argument("--json", help="default OUT/feature_views.json")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    if args.epochs is None and args.budget_min is None:
+        args.epochs = 12
+    if (args.epochs is not None and args.epochs < 1) or (args.budget_min is not None and not args.budget_min > 0):
+        p.error("--epochs must be at least 1 and --budget-min positive")
+    if args.test_images < 1:
+        p.error("--test-images must be at least 1")
+    out, data = Path(args.out), Path(args.data)
+    _ensure_data(data)
+    results = ResumableResults(args.json or str(out / "feature_views.json"), force=args.force)
+    iters_per_epoch = None
+    for setting in args.settings:
+        epochs = args.epochs
+        if args.budget_min is not None:
+            key = f"probe/{setting}"
+            if not results.done(key, {"setting": setting}):
+                results.put(key, {"sec_per_iter": probe(setting, data, out)}, {"setting": setting})
+            if iters_per_epoch is None:
+                from mmrotate.registry import DATASETS
+
+                cfg = setting_config(setting, data, out, 0, 1)
+                n = len(DATASETS.build(cfg.train_dataloader.dataset))
+                iters_per_epoch = -(-n // cfg.train_dataloader.batch_size)
+            epoch_s = results.data[key]["sec_per_iter"] * iters_per_epoch
+            epochs = max(1, round(args.budget_min * 60 / epoch_s))
+        for seed in args.seeds:
+            key = f"{setting}/seed{seed}"
+            settings = {"setting": setting, "seed": seed, "epochs": epochs, "budget_min": args.budget_min,
+                        "test_images": args.test_images, "data": str(data.resolve())}
+            if results.done(key, settings):
+                continue
+            results.put(key, train_and_test(setting, seed, epochs, data, out, args.test_images), settings)
+    results.data["summary"] = summarise(results.data, args.settings, args.seeds)
+    results.save()
+    print(f"{'setting':>8} | runs | epochs | s/iter | mAP no TTA (spread) | mAP feature TTA (spread) | per view / image")
+    for s, row in results.data["summary"].items():
+        ratio = row.get("cost_per_view_over_image")
+        print(f"{s:>8} | {row['runs']:4d} | {row['epochs']:6.1f} | {row['sec_per_iter']:6.3f} | "
+              f"{row['mAP_none']:.3f} ({row['mAP_none_spread']:.3f}) | {row['mAP_feature_tta']:.3f} "
+              f"({row['mAP_feature_tta_spread']:.3f}) | {'' if ratio is None else f'{ratio:.2f}'}")
+    return results.data
+
+
+if __name__ == "__main__":
+    main()
