@@ -17,7 +17,8 @@ as ``make demo`` does when missing) once per setting and seed:
 Every setting keeps the demo's horizontal and vertical flips and drops its ``diagonal`` flip (a 180° rotation), so
 that rotations come from the setting alone. Training length: ``--epochs`` (the same number of passes over the data
 for all), or ``--budget-min`` (equal wall-clock: 10 probe iterations give each setting's s/iteration, then its
-epochs are the budget divided by its epoch time, at least 1; the schedule is stretched to them).
+epochs are the budget divided by its epoch time, at least 1; the schedule is stretched to them). ``--probe-only``
+measures only the cost: the probes' s/iteration and the cost per view, no training runs.
 
 Per run: ``sec_per_iter`` (the training's wall time / iterations, data loading included), ``epochs``, ``train_s``, mAP (DOTA, IoU 0.5) without TTA and with feature-rotation TTA (4 × 90°) on the first
 ``--test-images`` test scenes (``rotplugin.apis.benchmark.run_benchmark``). ``summary``: per setting the mean and
@@ -124,12 +125,16 @@ def summarise(entries: dict, settings, seeds) -> dict:
             row[key] = statistics.mean(vals)
             row[f"{key}_spread"] = max(vals) - min(vals)
         out[s] = row
-    if "image" in out:
-        for s in settings:
-            if s.startswith("k") and s in out:
-                k = int(s[1:])
-                out[s]["cost_per_view_over_image"] = out[s]["sec_per_iter"] / k / out["image"]["sec_per_iter"]
+    _add_cost_per_view(out)
     return out
+
+
+def _add_cost_per_view(rows: dict) -> None:
+    """``rows[kK]["cost_per_view_over_image"] = (s/iter(kK) / K) / s/iter(image)`` where both are there."""
+    if "image" in rows:
+        for s, row in rows.items():
+            if s.startswith("k"):
+                row["cost_per_view_over_image"] = row["sec_per_iter"] / int(s[1:]) / rows["image"]["sec_per_iter"]
 
 
 def _ensure_data(data: Path, log=print) -> None:
@@ -151,6 +156,8 @@ def main(argv=None):
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="epochs for every setting")
     length.add_argument("--budget-min", type=float, help="equal wall-clock training minutes per run")
+    p.add_argument("--probe-only", action="store_true",
+                   help="only the cost: each setting's s/iteration from a probe, no training runs")
     p.add_argument("--test-images", type=int, default=150)
     p.add_argument("--json", help="default OUT/feature_views.json")
     p.add_argument("--force", action="store_true")
@@ -167,10 +174,12 @@ def main(argv=None):
     iters_per_epoch = None
     for setting in args.settings:
         epochs = args.epochs
-        if args.budget_min is not None:
+        if args.budget_min is not None or args.probe_only:
             key = f"probe/{setting}"
             if not results.done(key, {"setting": setting}):
                 results.put(key, {"sec_per_iter": probe(setting, data, out)}, {"setting": setting})
+            if args.probe_only:
+                continue
             if iters_per_epoch is None:
                 from mmrotate.registry import DATASETS
 
@@ -186,6 +195,16 @@ def main(argv=None):
             if results.done(key, settings):
                 continue
             results.put(key, train_and_test(setting, seed, epochs, data, out, args.test_images), settings)
+    if args.probe_only:
+        summary = {s: {"sec_per_iter": results.data[f"probe/{s}"]["sec_per_iter"]} for s in args.settings}
+        _add_cost_per_view(summary)
+        results.data["probe_summary"] = summary
+        results.save()
+        for s, row in summary.items():
+            print(f"{s:>8}: {row['sec_per_iter']:.3f} s/iteration" + (
+                f", per view / image rotation {row['cost_per_view_over_image']:.2f}"
+                if "cost_per_view_over_image" in row else ""))
+        return results.data
     results.data["summary"] = summarise(results.data, args.settings, args.seeds)
     results.save()
     print(f"{'setting':>8} | runs | epochs | s/iter | mAP no TTA (spread) | mAP feature TTA (spread) | per view / image")
