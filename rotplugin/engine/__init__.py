@@ -6,5 +6,6 @@ from .rank_check import RankConsistencyHook, state_digests
 from .feature_views_hook import FeatureRotationViewsHook
 from .rotation_tta_hook import RotationTTAHook
 
-__all__ = ["RotationTTAHook", "FeatureRotationViewsHook", "CPUDistributedDataParallel", "finish_distributed", "end_torchrun_worker",
-           "init_cpu_distributed", "RankConsistencyHook", "state_digests", "AtomicDumpResults", "ProgressBarHook"]
+__all__ = ["RotationTTAHook", "FeatureRotationViewsHook", "CPUDistributedDataParallel", "finish_distributed",
+           "end_torchrun_worker", "init_cpu_distributed", "RankConsistencyHook", "state_digests", "AtomicDumpResults",
+           "ProgressBarHook"]
