@@ -13,7 +13,7 @@ install:
 	bash tools/install_env.sh
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 demo: install
 	$(PY) tools/demo.py

@@ -45,6 +45,7 @@ Between two orientation steps ``ρ(θ)`` is not defined by the group; ``fibre_in
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -692,8 +693,14 @@ def rotate_fields(tensor: torch.Tensor, field_type: FieldType, angle: AngleLike,
 
 
 def rotate_pyramid(feats: Sequence[torch.Tensor], field_types, strides: Sequence[int], angle: AngleLike,
-                   canvas_size: Optional[Sequence[int]] = None, **kw) -> List[torch.Tensor]:
-    """:func:`rotate_fields` of every level of a pyramid (``field_types``: one field type or one per level)."""
+                   canvas_size: Optional[Sequence[int]] = None, *, contiguous: bool = False,
+                   **kw) -> List[torch.Tensor]:
+    """:func:`rotate_fields` of every level of a pyramid (``field_types``: one field type or one per level).
+
+    A single angle that is a whole turn (without ``flip``) gives the levels back as they are. ``contiguous``: every
+    level in its own row-major memory, which compiled ops that read raw memory need (mmcv's ``RoIAlignRotated`` on
+    CPU pools the wrong pixels of a transposed view, silently; odd quarter turns are such views under autograd).
+    """
     feats = list(feats)
     if isinstance(field_types, FieldType):
         field_types = [field_types] * len(feats)
@@ -701,8 +708,12 @@ def rotate_pyramid(feats: Sequence[torch.Tensor], field_types, strides: Sequence
     strides = list(strides)
     if not (len(feats) == len(field_types) == len(strides)):
         raise ValueError(f"got {len(feats)} maps, {len(field_types)} field types and {len(strides)} strides")
-    return [rotate_fields(x, ft, angle, stride=s, canvas_size=canvas_size, **kw)
-            for x, ft, s in zip(feats, field_types, strides)]
+    if isinstance(angle, numbers.Real) and float(angle) % 360 == 0 and not kw.get("flip"):
+        out = feats
+    else:
+        out = [rotate_fields(x, ft, angle, stride=s, canvas_size=canvas_size, **kw)
+               for x, ft, s in zip(feats, field_types, strides)]
+    return [x.contiguous() for x in out] if contiguous else out
 
 
 class FieldRotation:

@@ -525,6 +525,13 @@ def test_pyramid_and_field_rotation():
     assert [o.shape for o in out30] == [f.shape for f in feats[-2:]]
     with pytest.raises(ValueError, match="2 maps, 2 field types and 3 strides"):
         rotate_pyramid(feats[:2], ft, strides[:3], 90, canvas)
+    # a whole turn gives the levels themselves; contiguous=True lays every level out row-major, with the same values
+    assert all(o is f for o, f in zip(rotate_pyramid(feats, ft, strides, -360, canvas), feats))
+    grads = [f.clone().requires_grad_() for f in feats[:2]]
+    views = rotate_pyramid(grads, ft, strides[:2], 90, canvas)
+    dense = rotate_pyramid(grads, ft, strides[:2], 90, canvas, contiguous=True)
+    assert not all(v.is_contiguous() for v in views)      # what makes the option needed
+    assert all(d.is_contiguous() and torch.equal(d, v) for d, v in zip(dense, views))
 
 
 def test_row_copier_is_built():

@@ -1,7 +1,7 @@
 """Feature-rotation TTA against image-rotation TTA: time and agreement, measured side by side in one run (CPU).
 
     python tools/benchmark_tta.py [--json OUT [--force]] [--size S] [--depth D] [--orientation N]
-                                  [--models rotated_retinanet oriented_rcnn]
+                                  [--models rotated_retinanet oriented_rcnn] [--view-batch K]
 
 For Rotated RetinaNet and Oriented R-CNN with an EquivariantResNet (default depth 50, C8) + EquivariantFPN, seeded
 random weights, on the real DOTA image (../shared/data/dota_samples/images/demo.jpg resized to S, else a synthetic
@@ -9,6 +9,8 @@ scene) padded to the equivariant canvas (1025 for S = 1024):
 
 * ``B``: backbone + neck time, ``H``: heads time of one view (medians);
 * ``measured_ratio`` = feature-TTA time / image-TTA time, ``ideal_ratio`` = (B + V·H) / (V·(B + H)) for V views;
+* with ``--view-batch K``: both TTAs again with K views per heads call (image TTA: per backbone call too),
+  ``*_batched_over_one`` = that time / the one-view-at-a-time time, ``*_batched_matched`` the detections paired;
 * agreement of the merged detections (``max_box_diff_px``, ``max_score_diff`` over paired detections,
   ``matched`` = fraction paired within 1e-3 px / 1e-4, ``num_dets``) — for 4 views at 90° steps (exact on the
   canvas) and for 8 views at 45° steps (C8 elements, spatially interpolated, so only approximate).
@@ -76,11 +78,12 @@ def dets(sample):
 
 
 @torch.no_grad()
-def measure(model, data, angles, repeat, score_thr):
+def measure(model, data, angles, repeat, score_thr, view_batch=None):
     pre = model.data_preprocessor(data, False)
     x, samples = pre["inputs"], pre["data_samples"]
     kw = dict(angles=angles, score_thr=score_thr, iou_thr=0.1)
-    feat_tta, img_tta = FeatureRotationTTAModel(model, **kw), ImageRotationTTAModel(model, **kw)
+    feat_tta = FeatureRotationTTAModel(model, view_batch=1, **kw)
+    img_tta = ImageRotationTTAModel(model, view_batch=1, **kw)
     t_b, feats = median_time(lambda: model.extract_feat(x), repeat)
     views = [feat_tta.view_sample(s, 0, tuple(x.shape[-2:])) for s in samples]
     t_h, _ = median_time(lambda: feat_tta.predict_view(feats, views), repeat)
@@ -89,6 +92,15 @@ def measure(model, data, angles, repeat, score_thr):
     v = len(angles)
     a, b = dets(out_feat[0]), dets(out_img[0])
     matched, box_diff, score_diff = match_detections(a, b)
+    batched = {}
+    if view_batch:   # the same TTA with view_batch views per heads call (image TTA: per backbone call too)
+        for name, cls, one, t_one in (("feature", FeatureRotationTTAModel, out_feat, t_feat),
+                                      ("image", ImageRotationTTAModel, out_img, t_img)):
+            tta = cls(model, view_batch=view_batch, **kw)
+            t, out = median_time(lambda: tta.predict(x, samples), repeat)
+            frac, _, _ = match_detections(dets(out[0]), dets(one[0]))
+            batched.update({f"{name}_tta_batched_s": t, f"{name}_batched_over_one": t / t_one,
+                            f"{name}_batched_matched": frac})
     return {
         "views": v, "canvas": list(x.shape[-2:]), "backbone_neck_s": t_b, "heads_per_view_s": t_h,
         "feature_tta_s": t_feat, "image_tta_s": t_img,
@@ -97,7 +109,7 @@ def measure(model, data, angles, repeat, score_thr):
         "feature_heads_s": feat_tta.timings["heads"] / repeat, "image_heads_s": img_tta.timings["heads"] / repeat,
         "feature_merge_s": feat_tta.timings["merge"] / repeat, "image_merge_s": img_tta.timings["merge"] / repeat,
         "max_box_diff_px": box_diff, "max_score_diff": score_diff, "matched": matched,
-        "num_dets": len(a[0]), "num_dets_image_tta": len(b[0]),
+        "num_dets": len(a[0]), "num_dets_image_tta": len(b[0]), "view_batch": view_batch, **batched,
     }
 
 
@@ -113,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--score-thr", type=float, default=None,
                         help="heads' and merge score threshold (default: 0.005 RetinaNet, 0.02 Oriented R-CNN)")
     parser.add_argument("--no-45", action="store_true", help="skip the 8-view 45° measurement")
+    parser.add_argument("--view-batch", type=int, default=None,
+                        help="also time both TTAs with this many views per heads call (view_batch; the default "
+                             "runs one view at a time) and record *_batched_over_one")
     args = parser.parse_args(argv)
 
     torch.set_grad_enabled(False)
@@ -127,7 +142,7 @@ def main(argv=None):
         if not args.no_45 and args.orientation % 8 == 0:
             runs.append((f"{name}_45", [45 * i for i in range(8)]))
         settings = {key: dict(image=source, size=args.size, depth=args.depth, orientation=args.orientation,
-                              repeat=args.repeat, score_thr=score_thr, angles=angles,
+                              repeat=args.repeat, score_thr=score_thr, angles=angles, view_batch=args.view_batch,
                               threads=torch.get_num_threads()) for key, angles in runs}
         runs = [(key, angles) for key, angles in runs if not results.done(key, settings[key])]
         if not runs:
@@ -136,12 +151,15 @@ def main(argv=None):
         with torch.no_grad():
             model.extract_feat(model.data_preprocessor(data, False)["inputs"])  # warm-up (escnn eval filters)
         for key, angles in runs:
-            r = results.put(key, measure(model, data, angles, args.repeat, score_thr), settings[key])
+            r = results.put(key, measure(model, data, angles, args.repeat, score_thr, args.view_batch),
+                            settings[key])
             print(f"{key:>24}: views {r['views']}  B {r['backbone_neck_s']:.2f}s  H {r['heads_per_view_s']:.2f}s  "
                   f"feature {r['feature_tta_s']:.2f}s  image {r['image_tta_s']:.2f}s  ratio {r['measured_ratio']:.3f}"
                   f" (ideal {r['ideal_ratio']:.3f}, goal <= {1.05 * r['ideal_ratio']:.3f})  "
                   f"dets {r['num_dets']}/{r['num_dets_image_tta']} matched {r['matched']:.3f} "
-                  f"max box diff {r['max_box_diff_px']:.2e}px score {r['max_score_diff']:.2e}")
+                  f"max box diff {r['max_box_diff_px']:.2e}px score {r['max_score_diff']:.2e}" + (
+                      f"  view_batch {args.view_batch}: feature {r['feature_batched_over_one']:.3f}x, image "
+                      f"{r['image_batched_over_one']:.3f}x of one view at a time" if args.view_batch else ""))
     results.save()
     return results.data
 

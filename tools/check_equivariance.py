@@ -7,7 +7,9 @@ Examples::
     python tools/check_equivariance.py --config configs/rotated_retinanet/...py --image my.png
 
 For each level the number printed is the max relative error ``max|rotate_fields(F(I)) - F(rot I)| / max|F(rot I)|``
-(:mod:`rotplugin.equivariance`). With ``--flip`` (D_N models) mirrored copies are checked too.
+(:mod:`rotplugin.equivariance`). With ``--flip`` (D_N models) mirrored copies are checked too. ``--autocast
+bfloat16|float16`` runs the model in mixed precision and adds, per level, its deviation from the float32 model on
+the same input: on the canvas the equivariance error is then that rounding, not a construction error.
 
 ``--json OUT`` is written atomically after each of the two tables (``canvas``, ``no_canvas``), each stored with the
 settings it was measured with; a rerun with the same file skips a table already there with the same settings
@@ -16,6 +18,7 @@ settings it was measured with; a rerun with the same file skips a table already 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 from mmrotate.registry import MODELS
 
 from rotplugin.apis.demo import SAMPLE_IMAGE
-from rotplugin.equivariance import FeaturePyramid, measure_equivariance, pad_image
+from rotplugin.equivariance import ERROR_METRICS, FeaturePyramid, measure_equivariance, pad_image
 from rotplugin.io import ResumableResults, image_to_tensor, load_image
 from rotplugin.presets import load_config, random_backbone_neck
 
@@ -43,6 +46,12 @@ def build_from_args(args) -> FeaturePyramid:
     return FeaturePyramid.of_modules(backbone, neck)
 
 
+def _autocast_extract(extract, device_type, dtype, x):
+    """``extract(x)`` under ``torch.autocast(device_type, dtype)``, the levels back in float32."""
+    with torch.autocast(device_type, dtype=dtype):
+        return [f.float() for f in extract(x)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="mmrotate config whose backbone (+neck) to check")
@@ -59,6 +68,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="float64 separates the construction's exactness from float32 rounding")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
+                        help="run the model under torch.autocast in this dtype (mixed precision; CPU, or CUDA with "
+                             "--device cuda) and also report each level's deviation from float32 (its rounding)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--metric", choices=["max", "l2"], default="max",
                         help="max: max|diff|/max|ref| per level; l2: ||diff||/||ref||")
     parser.add_argument("--json", help="write (and resume) the tables as JSON here")
@@ -83,18 +96,32 @@ def main(argv=None):
         for m in pyramid.modules:
             m.double()
         image = image.double()
-    print(f"image: {source}, {tuple(image.shape[-2:])}")
+    if args.autocast and args.dtype != "float32":
+        parser.error("--autocast runs a float32 model in lower precision: leave --dtype at float32")
+    for m in pyramid.modules:
+        m.to(args.device)
+    image = image.to(args.device)
+    extract = pyramid.extract if not args.autocast else functools.partial(
+        _autocast_extract, pyramid.extract, torch.device(args.device).type, getattr(torch, args.autocast))
+    print(f"image: {source}, {tuple(image.shape[-2:])}" + (f"; autocast {args.autocast}" if args.autocast else ""))
     flips = (False, True) if args.flip else (False,)
     store.data.update({"image": source, "image_shape": list(image.shape[-2:])})
     for canvas, key in tables:
         padded = pad_image(image, pyramid.max_stride, canvas=canvas)
-        report = measure_equivariance(pyramid.extract, padded, pyramid.field_types, pyramid.strides, args.angles,
+        report = measure_equivariance(extract, padded, pyramid.field_types, pyramid.strides, args.angles,
                                       flips, fibre_interp=args.fibre_interp, metric=args.metric)
         name = ("equivariant canvas (≡ 1 mod max stride)" if canvas
                 else f"plain padding to multiples of {pyramid.max_stride}")
         print()
         print(report.table(f"== {name} =="))
-        store.put(key, report.to_json(), settings)
+        entry = report.to_json()
+        if args.autocast:   # the size of the rounding: the same input in float32
+            with torch.no_grad():
+                low, full = extract(padded), pyramid.extract(padded)
+            entry["rounding_vs_float32"] = [ERROR_METRICS[args.metric](a, b) for a, b in zip(low, full)]
+            print(f"{args.autocast} against float32, same input | "
+                  + " | ".join(f"{e:10.2e}" for e in entry["rounding_vs_float32"]))
+        store.put(key, entry, settings)
     if args.json:
         print(f"\nwrote {args.json}")
     return 0

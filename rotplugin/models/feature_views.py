@@ -129,11 +129,8 @@ class FeatureRotationViews:
         feats = type(det).extract_feat(det, inputs)
         per_view = []
         for angle in angles:
-            # contiguous: under autograd odd quarter turns are transposed views, and mmcv's RoIAlignRotated reads
-            # raw memory (on a view it pools the wrong pixels, silently)
-            view_feats = feats if angle % 360 == 0 else tuple(f.contiguous() for f in rotate_pyramid(
-                feats, self.pyramid.field_types, self.pyramid.strides, angle, canvas_size=canvas,
-                fibre_interp=self.fibre_interp))
+            view_feats = tuple(rotate_pyramid(feats, self.pyramid.field_types, self.pyramid.strides, angle,
+                                              canvas_size=canvas, fibre_interp=self.fibre_interp, contiguous=True))
             samples = [rotate_sample(s, angle, canvas) for s in data_samples]
             per_view.append(_loss_on(det, view_feats, inputs, samples))
         return mean_losses(per_view)

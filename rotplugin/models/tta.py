@@ -27,6 +27,7 @@ from mmdet.structures import DetDataSample
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.structures import InstanceData
 
+from rotplugin.canvas import rotated_canvas_size
 from rotplugin.equivariance import feature_pyramid
 from rotplugin.fields import rotate_fields, rotate_pyramid
 from rotplugin.models.tta_views import merge_views, parse_angles, view_sample, views_to_original
@@ -56,12 +57,13 @@ class _RotationTTAModel(BaseTTAModel):
     ``BaseTTAModel``, mmengine loads a detector checkpoint into ``module`` without prefixes.
 
     Per-view API (what :meth:`predict` composes; the benchmarks time its pieces): :meth:`view_sample`,
-    :meth:`view_features`, :meth:`predict_view`, :meth:`predict_views` and :meth:`merge_preds`.
+    :meth:`view_features` (:meth:`views_features` for a batch of views, :meth:`view_chunks`), :meth:`predict_view`,
+    :meth:`predict_views` and :meth:`merge_preds`.
     """
 
     def __init__(self, module, angles: Sequence[float] = (0, 90, 180, 270), iou_thr: float = 0.1,
                  score_thr: float = 0.05, max_per_img: int = 2000, fibre_interp: Optional[str] = None,
-                 data_preprocessor=None):
+                 view_batch: Optional[int] = None, data_preprocessor=None):
         if isinstance(module, dict):   # mmrotate's registry (BaseTTAModel would build from mmengine's root one)
             if data_preprocessor is not None:
                 module = dict(module, data_preprocessor=data_preprocessor)
@@ -72,6 +74,11 @@ class _RotationTTAModel(BaseTTAModel):
             raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr}")
         self.iou_thr, self.score_thr, self.max_per_img = iou_thr, score_thr, max_per_img
         self.fibre_interp = fibre_interp
+        if view_batch is not None and (isinstance(view_batch, bool) or not isinstance(view_batch, int)
+                                       or view_batch < 1):
+            raise ValueError(f"view_batch must be None (the default for the device) or an int >= 1, "
+                             f"got {view_batch!r}")
+        self.view_batch = view_batch
         self.timings: Dict[str, float] = defaultdict(float)
 
     # -- subclasses ------------------------------------------------------------------------------------------------
@@ -117,17 +124,47 @@ class _RotationTTAModel(BaseTTAModel):
                 raise ValueError(f"rotation TTA: batch with mixed canvas sizes: sample {s.metainfo.get('img_id')} "
                                  f"has batch_input_shape {shape} but the batch tensor is {canvas}; rotations are "
                                  f"about one canvas centre per batch")
-        per_image: List[List[DetDataSample]] = [[] for _ in data_samples]
+        by_view: Dict[int, List[DetDataSample]] = {}
         cache: dict = {}
-        for angle in self.angles:
-            feats = self.view_features(inputs, angle, cache)
-            view_samples = [self.view_sample(s, angle, canvas) for s in data_samples]
+        n = len(data_samples)
+        for chunk in self.view_chunks(canvas, inputs.device):
+            angles = [self.angles[v] for v in chunk]
+            feats = self.views_features(inputs, angles, cache)
+            view_samples = [self.view_sample(s, angle, canvas) for angle in angles for s in data_samples]
             t0 = time.perf_counter()
             results = self.predict_view(feats, view_samples)
             self.timings["heads"] += time.perf_counter() - t0
-            for i, view in enumerate(views_to_original(results, angle, canvas, data_samples)):
-                per_image[i].append(view)
-        return per_image
+            for j, (v, angle) in enumerate(zip(chunk, angles)):
+                by_view[v] = views_to_original(results[j * n:(j + 1) * n], angle, canvas, data_samples)
+        return [[by_view[v][i] for v in range(len(self.angles))] for i in range(n)]
+
+    def view_chunks(self, canvas, device) -> List[List[int]]:
+        """The views (indices into ``angles``) cut into the groups whose heads run as one batch: views whose rotated
+        canvases have one shape (a non-square canvas turns by odd quarter turns into its transpose), in the order of
+        ``angles``, at most ``view_batch`` per group (default: all on CUDA; one at a time on the CPU, see the
+        README's TTA timings)."""
+        size = self.view_batch or (len(self.angles) if torch.device(device).type == "cuda" else 1)
+        open_chunk: Dict[tuple, List[int]] = {}
+        chunks: List[List[int]] = []
+        for v, angle in enumerate(self.angles):
+            shape = tuple(rotated_canvas_size(canvas, angle))
+            if shape in open_chunk and len(open_chunk[shape]) < size:
+                open_chunk[shape].append(v)
+            else:
+                open_chunk[shape] = [v]
+                chunks.append(open_chunk[shape])
+        return chunks
+
+    def views_features(self, inputs: torch.Tensor, angles: Sequence[float], cache: Optional[dict] = None):
+        """The pyramids of the views ``angles`` stacked along the batch (view-major: all images of the first view,
+        then of the second...); one view: :meth:`view_features` itself."""
+        pyramids = [self.view_features(inputs, a, cache) for a in angles]
+        if len(pyramids) == 1:
+            return pyramids[0]
+        t0 = time.perf_counter()
+        out = tuple(torch.cat(levels) for levels in zip(*pyramids))
+        self.timings["stack"] += time.perf_counter() - t0
+        return out
 
     # -- pieces ----------------------------------------------------------------------------------------------------
     view_sample = staticmethod(view_sample)
@@ -167,6 +204,8 @@ class FeatureRotationTTAModel(_RotationTTAModel):
             ``fibre_interp``).
         iou_thr, score_thr, max_per_img: the class-wise rotated NMS that merges the views.
         fibre_interp: rule for angles between orientation steps (see :func:`rotplugin.fields.fibre_operator`).
+        view_batch: views whose heads run as one batch (the pyramids stacked; :meth:`view_chunks`); default all
+            on CUDA, one on the CPU. The detections equal those of one view at a time up to float rounding.
     """
 
     def __init__(self, module, **kwargs):
@@ -182,29 +221,31 @@ class FeatureRotationTTAModel(_RotationTTAModel):
         cache = {} if cache is None else cache
         if "feats" not in cache:
             cache["feats"] = self._extract(inputs)
-        feats = cache["feats"]
-        if angle % 360 == 0:
-            return feats
         t0 = time.perf_counter()
-        out = rotate_pyramid(feats, self.field_types, self.strides, angle, canvas_size=tuple(inputs.shape[-2:]),
-                             fibre_interp=self.fibre_interp)
         # contiguous: heads run compiled ops (mmcv's RoIAlignRotated on CPU) that read raw memory
-        out = tuple(f.contiguous() for f in out)
+        out = tuple(rotate_pyramid(cache["feats"], self.field_types, self.strides, angle,
+                                   canvas_size=tuple(inputs.shape[-2:]), fibre_interp=self.fibre_interp,
+                                   contiguous=True))
         self.timings["rotation"] += time.perf_counter() - t0
         return out
 
 
 @MODELS.register_module()
 class ImageRotationTTAModel(_RotationTTAModel):
-    """The baseline: rotate the (preprocessed, canvas-padded) input for every view and run the whole detector."""
+    """The baseline: rotate the (preprocessed, canvas-padded) input for every view and run the whole detector
+    (batched views: the rotated inputs stacked, one backbone pass over all of them)."""
 
     def view_features(self, inputs, angle, cache=None):
-        if angle % 360 == 0:
+        return self.views_features(inputs, [angle], cache)
+
+    def views_features(self, inputs, angles, cache=None):
+        if len(angles) == 1 and angles[0] % 360 == 0:
             return self._extract(inputs)
         t0 = time.perf_counter()
         gspace = getattr(getattr(self.module, "backbone", None), "gspace", None)
         if gspace is None:  # a plain backbone: any C_N gspace describes the image's scalar channels
             gspace = make_gspace(4)
-        rotated = rotate_fields(inputs, trivial_field_type(gspace, inputs.shape[1]), angle).contiguous()
+        ft = trivial_field_type(gspace, inputs.shape[1])
+        rotated = torch.cat([rotate_fields(inputs, ft, a) for a in angles]).contiguous()
         self.timings["rotation"] += time.perf_counter() - t0
         return self._extract(rotated)

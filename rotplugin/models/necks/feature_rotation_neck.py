@@ -56,10 +56,7 @@ class FeatureRotationNeck(BaseModule):
                                     fibre_interp=self.fibre_interp))
 
     def forward(self, inputs):
-        feats = self.neck(inputs)
-        if self.angle % 360 == 0:
-            return feats
-        return self.rotate(feats, self.angle)
+        return self.rotate(self.neck(inputs), self.angle)
 
     def export(self):
         return self.neck.export()
