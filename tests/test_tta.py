@@ -278,12 +278,14 @@ def test_batched_views_equal_one_view_at_a_time(config):
             frac, box_diff, score_diff = match_detections(b, a)
             assert box_diff <= 1e-3 and score_diff <= 1e-4
             assert frac >= 0.99, frac
-    # CPU default: one view at a time; a non-square canvas batches the views of one shape, answers in view order
-    tta = FeatureRotationTTAModel(det, angles=[0, 90, 180, 270, 90])
-    assert tta.view_chunks((129, 257), "cpu") == [[0], [1], [2], [3], [4]]
-    tta.view_batch = 8
-    assert tta.view_chunks((129, 257), "cpu") == [[0, 2], [1, 3, 4]]
-    assert tta.view_chunks((129, 257), "cuda") == [[0, 2], [1, 3, 4]]
+    # defaults: all views (image TTA on the CPU: one at a time); a non-square canvas batches the views of one shape
+    angles = [0, 90, 180, 270, 90]
+    assert ImageRotationTTAModel(det, angles=angles).view_chunks((129, 257), "cpu") == [[0], [1], [2], [3], [4]]
+    assert ImageRotationTTAModel(det, angles=angles).view_chunks((129, 257), "cuda") == [[0, 2], [1, 3, 4]]
+    tta = FeatureRotationTTAModel(det, angles=angles)
+    assert tta.view_chunks((129, 257), "cpu") == tta.view_chunks((129, 257), "cuda") == [[0, 2], [1, 3, 4]]
+    tta.view_batch = 2
+    assert tta.view_chunks((129, 257), "cpu") == [[0, 2], [1, 3], [4]]
     for bad in (0, -1, 2.0, True, "4"):
         with pytest.raises(ValueError, match="view_batch must be None"):
             FeatureRotationTTAModel(det, view_batch=bad)
