@@ -88,7 +88,7 @@ def test_benchmark_tta_resumes(tmp_path, monkeypatch, capsys, tool_state):
         def extract_feat(self, inputs):
             return None
 
-    def measure(model, data, angles, repeat, score_thr):
+    def measure(model, data, angles, repeat, score_thr, view_batch=None):
         calls.append(len(angles))
         if len(angles) == 8 and os.environ.get("FAKE_INTERRUPT"):
             raise KeyboardInterrupt
