@@ -18,6 +18,9 @@ class Float32BoxCodingHook(Hook):
 
     priority = "VERY_HIGH"
 
+    def __init__(self):
+        self._model = None
+
     def before_run(self, runner) -> None:
         model = unwrap_model(runner.model)
         if float32_box_coding(model) == 0:
@@ -26,7 +29,6 @@ class Float32BoxCodingHook(Hook):
         self._model = model
 
     def after_run(self, runner) -> None:
-        model = getattr(self, "_model", None)
-        if model is not None:
-            restore_box_coding(model)
+        if self._model is not None:
+            restore_box_coding(self._model)
         self._model = None

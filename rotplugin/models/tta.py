@@ -255,6 +255,7 @@ class ImageRotationTTAModel(_RotationTTAModel):
         if gspace is None:  # a plain backbone: any C_N gspace describes the image's scalar channels
             gspace = make_gspace(4)
         ft = trivial_field_type(gspace, inputs.shape[1])
-        rotated = torch.cat([rotate_fields(inputs, ft, a) for a in angles]).contiguous()
+        views = [rotate_fields(inputs, ft, a) for a in angles]
+        rotated = views[0].contiguous() if len(views) == 1 else torch.cat(views)   # cat: a new, contiguous tensor
         self.timings["rotation"] += time.perf_counter() - t0
         return self._extract(rotated)
