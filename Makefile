@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY := PASSIVE
 # escnn warns at import that py3nj (only used for SO(3)) is missing.
 export PYTHONWARNINGS := ignore::UserWarning:escnn.group.groups.so3group
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo clean-venv gpu-wheels gpu-check gpu-check-cpu
 
 install:
 	bash tools/install_env.sh
@@ -17,6 +17,16 @@ test: install
 
 demo: install
 	$(PY) tools/demo.py
+
+# The GPU check (tools/gpu_check.py): gpu-wheels here (network), gpu-check on the GPU machine, gpu-check-cpu its dry run.
+gpu-wheels: install
+	$(PY) tools/gpu_check.py collect
+
+gpu-check:
+	bash tools/gpu_check.sh run
+
+gpu-check-cpu: install
+	bash tools/gpu_check.sh run --cpu --quick
 
 clean-venv:
 	rm -rf .venv

@@ -2,6 +2,7 @@
 tools, data loaders over DOTA-format dirs, and random rotated boxes."""
 import importlib.util
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,18 @@ warnings.filterwarnings("ignore", message=".*py3nj.*")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_JPG = (ROOT / SAMPLE_IMAGE).resolve()          # the real DOTA samples beside the project (../shared)
 DOTA_SAMPLES = DEMO_JPG.parents[1]
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where a test marked ``cuda`` runs: the GPU when there is one. Without one it skips, unless
+    ``ROTPLUGIN_CUDA_TESTS=cpu`` (``tools/gpu_check.sh --cpu``, the dry run of the GPU check) runs it on the CPU;
+    comparisons with a CUDA-only kernel skip there."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("ROTPLUGIN_CUDA_TESTS") == "cpu":
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA device (ROTPLUGIN_CUDA_TESTS=cpu runs it on the CPU)")
 
 
 def load_tool(name: str):

@@ -640,16 +640,16 @@ def test_output_never_aliases_input():
         assert out.data_ptr() != x.data_ptr()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("angle", [90, 45, 30])
-def test_cuda_matches_cpu(angle):
+def test_cuda_matches_cpu(angle, device):
     ft = field_type("C8", "mixed")
     x = torch.randn(2, ft.size, 17, 13)
     cpu = rotate_fields(x, ft, angle, fibre_interp="linear")
-    gpu = rotate_fields(x.cuda(), ft, angle, fibre_interp="linear")
-    assert gpu.device.type == "cuda"
+    gpu = rotate_fields(x.to(device), ft, angle, fibre_interp="linear")
+    assert gpu.device.type == device.type
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
-    half = rotate_fields(x.cuda().half(), ft, angle, fibre_interp="linear")
+    half = rotate_fields(x.to(device).half(), ft, angle, fibre_interp="linear")
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float().cpu(), cpu, rtol=1e-2, atol=1e-2)
 

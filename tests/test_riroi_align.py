@@ -386,37 +386,34 @@ def test_bad_inputs():
 # CUDA: device-agnostic check and comparison with mmcv's CUDA kernel
 # --------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@needs_cuda
-def test_cuda_matches_cpu():
+@pytest.mark.cuda
+def test_cuda_matches_cpu(device):
     gen = torch.Generator().manual_seed(11)
     feat = torch.randn(2, 16, 20, 24, generator=gen)
     rois = _random_rois(gen, 30, 2, 20, 24, 0.5).float()
     for num_samples in (0, 2):
         cpu = riroi_align_rotated(feat, rois, 7, 0.5, num_samples, 8, True)
-        gpu = riroi_align_rotated(feat.cuda(), rois.cuda(), 7, 0.5, num_samples, 8, True)
+        gpu = riroi_align_rotated(feat.to(device), rois.to(device), 7, 0.5, num_samples, 8, True)
+        assert gpu.device.type == device.type
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("num_samples,clockwise,n_or", [(0, True, 8), (2, True, 8), (2, False, 4)])
-def test_matches_mmcv_cuda_kernel(num_samples, clockwise, n_or):
+def test_matches_mmcv_cuda_kernel(num_samples, clockwise, n_or, device):
     mmcv_ops = pytest.importorskip("mmcv.ops")
+    if device.type != "cuda":
+        pytest.skip("mmcv's RiRoIAlignRotated has a CUDA kernel only")
     gen = torch.Generator().manual_seed(17)
-    feat = torch.randn(2, 4 * n_or, 24, 20, generator=gen).cuda()
-    rois = _random_rois(gen, 40, 2, 24, 20, 0.5).float().cuda()
+    feat = torch.randn(2, 4 * n_or, 24, 20, generator=gen).to(device)
+    rois = _random_rois(gen, 40, 2, 24, 20, 0.5).float().to(device)
     ref_layer = mmcv_ops.RiRoIAlignRotated((3, 4), 0.5, num_samples, n_or, clockwise)
     feat_ref = feat.clone().requires_grad_()
-    try:
-        ref = ref_layer(feat_ref, rois)
-    except (RuntimeError, NotImplementedError) as err:  # mmcv built without CUDA ops
-        pytest.skip(f"mmcv's CUDA RiRoIAlignRotated is unavailable: {err}")
+    ref = ref_layer(feat_ref, rois)      # an mmcv built without CUDA ops fails here: the GPU check must see it
     feat_ours = feat.clone().requires_grad_()
     ours = RiRoIAlignRotated((3, 4), 0.5, num_samples, n_or, clockwise)(feat_ours, rois)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
-    grad_out = torch.randn(ref.shape, generator=gen).cuda()
+    grad_out = torch.randn(ref.shape, generator=gen).to(device)
     ref.backward(grad_out)
     ours.backward(grad_out)
     torch.testing.assert_close(feat_ours.grad, feat_ref.grad, rtol=0, atol=1e-5)

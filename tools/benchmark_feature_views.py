@@ -16,8 +16,10 @@ as ``make demo`` does when missing) once per setting and seed:
 
 Every setting keeps the demo's horizontal and vertical flips and drops its ``diagonal`` flip (a 180° rotation), so
 that rotations come from the setting alone. Training length: ``--epochs`` (the same number of passes over the data
-for all), or ``--budget-min`` (equal wall-clock: 10 probe iterations give each setting's s/iteration, then its
-epochs are the budget divided by its epoch time, at least 1; the schedule is stretched to them). ``--probe-only``
+for all), or ``--budget-min`` (equal wall-clock: a probe of ``--probe-iters`` iterations after 5 untimed gives each setting's
+s/iteration, data loading included; its epochs are the budget divided by its epoch time, rounded, at least 1; the
+schedule is stretched to them). A 10-iteration probe of the iteration bodies alone put K = 4 at 1.62 s/iteration
+against 0.91 over a whole run, which gave it half the budget: probes are now longer and count the loading. ``--probe-only``
 measures only the cost: the probes' s/iteration and the cost per view, no training runs.
 
 Per run: ``sec_per_iter`` (the training's wall time / iterations, data loading included), ``epochs``, ``train_s``, mAP (DOTA, IoU 0.5) without TTA and with feature-rotation TTA (4 × 90°) on the first
@@ -67,27 +69,25 @@ def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int, 
     return cfg
 
 
-def probe(setting: str, data: Path, out: Path, iters: int = 10) -> float:
-    """Seconds per training iteration of ``setting`` (median of ``iters`` after 2 untimed)."""
+def probe(setting: str, data: Path, out: Path, iters: int = 40, warmup: int = 5) -> float:
+    """Seconds per training iteration of ``setting``: the mean wall time between the ends of consecutive iterations
+    (data loading included, as in a run's ``sec_per_iter``) over ``iters`` iterations after ``warmup`` untimed."""
+    from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
     cfg = setting_config(setting, data, out / "probe", 0, 1)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters + 2, val_interval=10 ** 6)
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=warmup + iters, val_interval=10 ** 6)
     cfg.param_scheduler = []
     runner = Runner.from_cfg(cfg)
-    times = []
-    from mmengine.hooks import Hook
+    ends = []
 
-    class IterTimer(Hook):
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            self.t0 = time.perf_counter()
-
+    class IterEnds(Hook):
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            times.append(time.perf_counter() - self.t0)
+            ends.append(time.perf_counter())
 
-    runner.register_hook(IterTimer(), priority="LOWEST")
+    runner.register_hook(IterEnds(), priority="LOWEST")
     runner.train()
-    return statistics.median(times[2:])
+    return (ends[-1] - ends[warmup - 1]) / iters
 
 
 def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print) -> dict:
@@ -158,6 +158,7 @@ def main(argv=None):
     length.add_argument("--budget-min", type=float, help="equal wall-clock training minutes per run")
     p.add_argument("--probe-only", action="store_true",
                    help="only the cost: each setting's s/iteration from a probe, no training runs")
+    p.add_argument("--probe-iters", type=int, default=40, help="timed iterations per probe (default 40)")
     p.add_argument("--test-images", type=int, default=150)
     p.add_argument("--json", help="default OUT/feature_views.json")
     p.add_argument("--force", action="store_true")
@@ -168,6 +169,8 @@ def main(argv=None):
         p.error("--epochs must be at least 1 and --budget-min positive")
     if args.test_images < 1:
         p.error("--test-images must be at least 1")
+    if args.probe_iters < 1:
+        p.error("--probe-iters must be at least 1")
     out, data = Path(args.out), Path(args.data)
     _ensure_data(data)
     results = ResumableResults(args.json or str(out / "feature_views.json"), force=args.force)
@@ -176,8 +179,9 @@ def main(argv=None):
         epochs = args.epochs
         if args.budget_min is not None or args.probe_only:
             key = f"probe/{setting}"
-            if not results.done(key, {"setting": setting}):
-                results.put(key, {"sec_per_iter": probe(setting, data, out)}, {"setting": setting})
+            probe_settings = {"setting": setting, "iters": args.probe_iters}
+            if not results.done(key, probe_settings):
+                results.put(key, {"sec_per_iter": probe(setting, data, out, args.probe_iters)}, probe_settings)
             if args.probe_only:
                 continue
             if iters_per_epoch is None:

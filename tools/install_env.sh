@@ -21,7 +21,7 @@ log() { printf '[install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 t0=$(date +%s)
 
 stamp_file=$VENV/.rotplugin-stamp
-want_stamp=$(cat "$ROOT"/requirements/*.txt "$ROOT/tools/install_env.sh" "$ROOT/setup.py" "$ROOT"/rotplugin/csrc/*.c \
+want_stamp=$(cat "$ROOT"/requirements/*.txt "$ROOT"/requirements/*.patch "$ROOT/tools/install_env.sh" "$ROOT/setup.py" "$ROOT"/rotplugin/csrc/*.c \
   | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want_stamp" ]; then
   log "environment in $VENV is up to date"
@@ -54,9 +54,11 @@ if ! ls "$wheel_dir"/mmcv-*.whl >/dev/null 2>&1; then
   "$PY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: -d "$build" "mmcv==$MMCV_VERSION"
   tar -xzf "$build/mmcv-$MMCV_VERSION.tar.gz" -C "$build"
   src=$build/mmcv-$MMCV_VERSION
-  # torch 2.14's headers use C++20 features; mmcv hard-codes older standards.
-  sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$src/setup.py"
-  grep -q 'std=c++20' "$src/setup.py" || { echo "mmcv setup.py: C++ standard flag not found to patch" >&2; exit 1; }
+  # torch 2.14's headers use C++20 features; mmcv hard-codes older standards. The one patch of mmcv's source, which
+  # tools/gpu_check.py applies to its CUDA build too.
+  mmcv_patch=$ROOT/requirements/mmcv-$MMCV_VERSION.patch
+  if command -v patch >/dev/null 2>&1; then patch -d "$src" -p1 --forward --batch -i "$mmcv_patch"
+  else (cd "$src" && git apply -p1 "$mmcv_patch"); fi
   pip_install -q addict mmengine packaging Pillow pyyaml yapf
   mkdir -p "$wheel_dir.tmp"
   (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=$cuda_build MAX_JOBS=${MAX_JOBS:-$(nproc)} \
