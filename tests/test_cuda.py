@@ -18,6 +18,16 @@ pytestmark = pytest.mark.cuda
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.py"))
 
 
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """cuDNN convolutions and CUDA matmuls default to TF32 (10 mantissa bits): the exactness tests here compare
+    float32 results, so TF32 is off while they run (the timings of tools/benchmark_gpu.py keep torch's defaults)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _cuda_only(device, what):
     if device.type != "cuda":
         pytest.skip(f"{what}: only a GPU can show it")
