@@ -22,8 +22,8 @@ import torch
 
 from rotplugin.canvas import rotate_points, rotated_canvas_size
 
-__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "rbox_to_polygon", "circumscribed_half_sizes",
-           "match_detections"]
+__all__ = ["wrap_le90", "rotate_rboxes", "unrotate_rboxes", "align_rboxes", "rbox_to_polygon",
+           "circumscribed_half_sizes", "match_detections"]
 
 
 def wrap_le90(t: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,18 @@ def unrotate_rboxes(boxes: torch.Tensor, angle: float, canvas_size: Sequence[int
         back[:, 0] = (canvas_size[1] - 1) - back[:, 0]
         back[:, 4] = wrap_le90(-back[:, 4])
     return back
+
+
+def align_rboxes(boxes: torch.Tensor, ref_t: torch.Tensor) -> torch.Tensor:
+    """The same rectangles written with the angle nearest to ``ref_t`` (radians, one per box): ``(w, h, t)`` becomes
+    ``(w, h, t + kπ/2)`` for even ``k`` and ``(h, w, t + kπ/2)`` for odd ``k`` (a rectangle turned by a quarter turn
+    with its sides swapped is the same rectangle), ``k`` chosen so that ``|t' - ref_t| <= π/4``. The angles are not
+    wrapped into le90 (so that they can be averaged about ``ref_t``); :func:`wrap_le90` the result when done."""
+    boxes = _check_boxes(boxes)
+    cx, cy, w, h, t = boxes.unbind(-1)
+    k = torch.round((ref_t.to(t) - t) / (math.pi / 2))
+    odd = torch.remainder(k, 2) == 1
+    return torch.stack([cx, cy, torch.where(odd, h, w), torch.where(odd, w, h), t + k * (math.pi / 2)], -1)
 
 
 def rbox_to_polygon(boxes: torch.Tensor) -> torch.Tensor:

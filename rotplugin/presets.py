@@ -59,17 +59,17 @@ def runner_config(args) -> Config:
 
 
 def shrink_detector_config(cfg: Config, depth: int = 18, orientation: int = 4, width: int = 16,
-                           neck_channels: int = 32, fc_channels: int = 64) -> Config:
-    """Make the detector of ``cfg`` small: an EquivariantResNet of ``depth`` with ``width`` base channels, a neck
-    and heads of ``neck_channels``. Works for single-stage (``bbox_head``) and two-stage (``rpn_head`` +
+                           neck_channels: int = 32, fc_channels: int = 64, flip: bool = False) -> Config:
+    """Make the detector of ``cfg`` small: an EquivariantResNet of ``depth`` with ``width`` base channels (C_N of
+    ``orientation``, D_N with ``flip``), a neck and heads of ``neck_channels``. Works for single-stage (``bbox_head``) and two-stage (``rpn_head`` +
     ``roi_head``, also with per-stage lists of extractors / bbox heads) detectors. Returns a copy."""
     cfg = cfg.copy()
     model = cfg.model
     expansion = 1 if depth in (18, 34) else 4
-    model.backbone.update(depth=depth, orientation=orientation, stem_channels=width, base_channels=width,
+    model.backbone.update(depth=depth, orientation=orientation, flip=flip, stem_channels=width, base_channels=width,
                           init_cfg=None)
     model.neck.update(in_channels=[width * expansion * 2 ** i for i in range(4)], out_channels=neck_channels,
-                      orientation=orientation)
+                      orientation=orientation, flip=flip)
     for head in ("bbox_head", "rpn_head"):
         if head in model:
             model[head].update(in_channels=neck_channels, feat_channels=neck_channels)

@@ -133,6 +133,7 @@ def test_tta_merge_uses_it():
         views.append(view)
     model = _RotationTTAModel.__new__(_RotationTTAModel)
     model.iou_thr, model.score_thr, model.max_per_img = 0.1, 0.3, 50
+    model.merge, model.fusion_iou_thr = "nms", None
     (out,) = _RotationTTAModel.merge_preds(model, [views])
     assert "tta_angle" not in out.metainfo and out.metainfo["scale_factor"] == (2.0, 2.0)
     keep = scores >= 0.3

@@ -112,6 +112,15 @@ def test_tools_test_tta_takes_the_configs_tta_model(small_setup):
     assert cfg.model.type == "ImageRotationTTAModel" and cfg.model.angles == [90.0] and cfg.model.score_thr == 0.005
     with pytest.raises(ValueError, match="add --tta"):
         tool.build_test_config(tool.parse_args([str(config), str(ckpt), "--angles", "90"]))
+    cfg = tool.build_test_config(tool.parse_args([str(config), str(ckpt), "--tta", "feature", "--flips", "none",
+                                                  "horizontal", "--scales", "0.5", "1", "--merge", "fusion"]))
+    assert cfg.model.flips == ["none", "horizontal"] and cfg.model.scales == [0.5, 1.0]
+    assert cfg.model["merge"] == "fusion" and cfg.model.angles == [0, 180]   # ConfigDict.merge is a method
+    for bad, match in ((["--scales", "0"], "scales must be positive"), (["--flips", "sideways"], "unknown flips"),
+                       (["--merge", "fusion"], "add --tta")):
+        with pytest.raises((ValueError, SystemExit), match=match):
+            tool.build_test_config(tool.parse_args([str(config), str(ckpt), *bad] +
+                                                   ([] if "--merge" in bad else ["--tta"])))
 
 
 def test_mmdet_tools_test_runs_our_feature_tta(small_setup, reference):

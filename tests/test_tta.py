@@ -90,12 +90,12 @@ def test_box_mapping_roundtrip_is_exact(angle, flip):
 # --------------------------------------------------------------------------------------------------------------
 # feature TTA == image TTA
 # --------------------------------------------------------------------------------------------------------------
-def small_detector(config, orientation=4, score_thr=0.002):
+def small_detector(config, orientation=4, score_thr=0.002, flip=False):
     from mmrotate.registry import MODELS
     from rotplugin.presets import load_config, shrink_detector_config
 
     torch.manual_seed(0)
-    cfg = shrink_detector_config(load_config(str(ROOT / config)), orientation=orientation)
+    cfg = shrink_detector_config(load_config(str(ROOT / config)), orientation=orientation, flip=flip)
     test_cfg = cfg.model.test_cfg.get("rcnn", cfg.model.test_cfg)
     test_cfg.score_thr = score_thr
     model = MODELS.build(cfg.model)
@@ -289,3 +289,146 @@ def test_batched_views_equal_one_view_at_a_time(config):
     for bad in (0, -1, 2.0, True, "4"):
         with pytest.raises(ValueError, match="view_batch must be None"):
             FeatureRotationTTAModel(det, view_batch=bad)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# views beyond quarter turns: mirrors, scales, the fusion merge
+# --------------------------------------------------------------------------------------------------------------
+def _dets(sample):
+    """``(boxes, scores, labels)`` sorted by score, whether the boxes are RotatedBoxes or a tensor."""
+    from mmdet.structures.bbox import get_box_tensor
+
+    p = sample.pred_instances
+    order = torch.argsort(p.scores, descending=True)
+    return get_box_tensor(p.bboxes)[order], p.scores[order], p.labels[order]
+
+
+def _assert_views_equal(feat_tta, img_tta, x, samples):
+    """Every view of feature TTA equals the image-TTA view: the pyramids (relative 1e-5: the exactness claim), and
+    the detections mapped back to the canvas. Random weights at score_thr 0.002 give ~250 boxes per view whose scores
+    are all 0.0100 to within ~1e-5 and tie to ~1e-7 among heavily overlapping boxes, so the float rounding of a
+    rotated input (other summation orders in the convolutions) flips which of two tied boxes NMS keeps: at least
+    95% pair up within 1e-3 px / 1e-4 (measured: 96.5% to 100% per view), the counts within 2%."""
+    cache: dict = {}
+    for view in feat_tta.views:
+        xs, _, _ = feat_tta.scaled_input(x, samples, view.scale, cache)
+        ff, fi = feat_tta.view_features(xs, view, cache), img_tta.view_features(xs, view)
+        for a, b in zip(ff, fi):
+            assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max(), view
+    feat_tta.counts.clear(), img_tta.counts.clear()     # the passes of predict_views alone
+    fv, iv = feat_tta.predict_views(x, samples)[0], img_tta.predict_views(x, samples)[0]
+    for a, b in zip(fv, iv):
+        assert a.metainfo["tta_angle"] == b.metainfo["tta_angle"] and a.metainfo["tta_flip"] == b.metainfo["tta_flip"]
+        a, b = _dets(a), _dets(b)
+        assert len(a[0]) >= 20 and abs(len(a[0]) - len(b[0])) <= 0.02 * len(b[0])
+        for p, q in ((a, b), (b, a)):
+            frac, box_diff, score_diff = match_detections(p, q)
+            assert frac >= 0.95 and box_diff <= 1e-3 and score_diff <= 1e-4, (frac, box_diff, score_diff)
+    return fv
+
+
+@pytest.mark.parametrize("flip_group", [True, False])
+def test_mirrored_views_feature_tta_equals_image_tta(flip_group):
+    """All 8 elements of D4 (quarter turns x none / horizontal): every view of feature TTA equals the image-TTA view.
+    A D4 model mirrors its fields passively (one backbone pass); a C4 model runs the backbone once more on the
+    mirrored image (two passes)."""
+    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
+
+    det = small_detector(RETINA, flip=flip_group)
+    kw = dict(angles=[0, 90, 180, 270], flips=["none", "horizontal"], score_thr=0.002, iou_thr=0.1, view_batch=1)
+    feat_tta, img_tta = FeatureRotationTTAModel(det, **kw), ImageRotationTTAModel(det, **kw)
+    data = det.data_preprocessor(dota_batch(), False)
+    x, samples = data["inputs"], data["data_samples"]
+    fv = _assert_views_equal(feat_tta, img_tta, x, samples)
+    assert len(fv) == 8 and [v.metainfo["tta_flip"] for v in fv] == [False] * 4 + [True] * 4
+    assert feat_tta.counts["backbone_passes"] == (1 if flip_group else 2)
+    assert img_tta.counts["backbone_passes"] == 8
+    # the mirrored view is not the plain one: mapped back, its boxes differ
+    assert match_detections(_dets(fv[0]), _dets(fv[4]))[0] < 0.9
+
+
+def test_scaled_views_feature_tta_equals_image_tta():
+    """scales x quarter turns: one backbone pass per scale; each (scale, angle) view equals the image-TTA view."""
+    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
+
+    det = small_detector(RETINA)
+    kw = dict(angles=[0, 90, 180, 270], scales=[0.75, 1.25], score_thr=0.002, iou_thr=0.1, view_batch=1)
+    feat_tta, img_tta = FeatureRotationTTAModel(det, **kw), ImageRotationTTAModel(det, **kw)
+    data = det.data_preprocessor(dota_batch(), False)
+    x, samples = data["inputs"], data["data_samples"]
+    fv = _assert_views_equal(feat_tta, img_tta, x, samples)
+    assert [v.metainfo["tta_scale"] for v in fv] == [(193 / 257, 193 / 257)] * 4 + [(321 / 257, 321 / 257)] * 4
+    assert feat_tta.counts["backbone_passes"] == 2 and img_tta.counts["backbone_passes"] == 8
+    # the canvas of each scale is equivariant (≡ 1 mod the preprocessor's max_stride)
+    for scale in (0.75, 1.25):
+        _, canvas, _ = feat_tta.scaled_input(x, samples, scale)
+        assert all(c % det.data_preprocessor.max_stride == 1 for c in canvas)
+
+
+def test_scaled_view_equals_the_detector_on_the_resized_image():
+    """An independent reference for the scale path: an image made of 2x2 blocks, viewed at scale 0.5, is exactly the
+    small image; the view's boxes equal mmdet's own rescaled predictions on the small image (scale_factor 0.5)."""
+    from mmdet.structures import DetDataSample
+
+    from rotplugin.models import FeatureRotationTTAModel
+
+    det = small_detector(RETINA)
+    small = dota_batch(129)
+    img = small["inputs"][0]
+    big = img.repeat_interleave(2, 1).repeat_interleave(2, 2).contiguous()
+    meta = dict(img_shape=(258, 258), ori_shape=(258, 258), scale_factor=(1.0, 1.0), img_id="big")
+    big_batch = dict(inputs=[big], data_samples=[DetDataSample(metainfo=meta)])
+    small["data_samples"][0].set_metainfo(dict(scale_factor=(0.5, 0.5), ori_shape=(258, 258)))
+    tta = FeatureRotationTTAModel(det, angles=[0], scales=[0.5], score_thr=0.002, iou_thr=0.1, max_per_img=2000)
+    got = _dets(tta.test_step(big_batch)[0])
+    want = _dets(det.test_step(small)[0])
+    assert len(want[0]) >= 20 and len(got[0]) == len(want[0])
+    frac, box_diff, score_diff = match_detections(got, want)
+    assert frac == 1.0 and box_diff <= 1e-3 and score_diff <= 1e-5
+
+
+def test_fusion_merge_of_identical_views_is_the_detector():
+    """Two identical views merged by fusion: every object found by both, so the detector's own detections come
+    back (boxes and scores); NMS of the same views gives them back too. One view per heads call: a batch of two
+    rounds differently and flips near-tied boxes."""
+    from rotplugin.models import FeatureRotationTTAModel
+
+    det = small_detector(RETINA)
+    want = _dets(det.test_step(dota_batch())[0])
+    for merge in ("fusion", "nms"):
+        tta = FeatureRotationTTAModel(det, angles=[0, 360], merge=merge, score_thr=0.002, iou_thr=0.1,
+                                      max_per_img=2000, view_batch=1)
+        got = _dets(tta.test_step(dota_batch())[0])
+        assert len(got[0]) == len(want[0]) >= 20
+        frac, box_diff, score_diff = match_detections(got, want)
+        assert frac == 1.0 and box_diff <= 1e-3 and score_diff <= 1e-6, merge
+
+
+def test_bad_tta_options_name_the_option():
+    from rotplugin.models import FeatureRotationTTAModel, ImageRotationTTAModel
+
+    det = small_detector(RETINA)
+    for cls in (FeatureRotationTTAModel, ImageRotationTTAModel):
+        with pytest.raises(ValueError, match="scales must be positive"):
+            cls(det, scales=[1.0, 0])
+        with pytest.raises(ValueError, match="unknown flips"):
+            cls(det, flips=["upside-down"])
+        with pytest.raises(ValueError, match="unknown merge"):
+            cls(det, merge="average")
+        with pytest.raises(ValueError, match="flips is empty"):
+            cls(det, flips=[])
+        with pytest.raises(ValueError, match="fusion_iou_thr"):
+            cls(det, merge="fusion", fusion_iou_thr=0)
+
+
+def test_demo_d4_config_builds_its_dihedral_tta():
+    """The D4 demo config's tta_model: all 8 elements of D4, mirrored passively (a D4 backbone and neck)."""
+    from mmrotate.registry import MODELS
+    from rotplugin.presets import load_config
+
+    cfg = load_config(str(ROOT / "configs/demo/rotated-retinanet-le90_er18-d4_efpn_synthdota.py"))
+    tta = MODELS.build(dict(cfg.tta_model, module=cfg.model, merge="fusion"))
+    assert len(tta.views) == 8 and tta.dihedral and tta.merge == "fusion"
+    assert cfg.model.backbone.flip and cfg.model.neck.flip and cfg.model.backbone.orientation == 4
+    cfg = load_config(str(ROOT / "configs/demo/rotated-retinanet-le90_er18-c8_efpn_synthdota.py"))
+    assert cfg.model.backbone.orientation == cfg.model.neck.orientation == 8

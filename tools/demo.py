@@ -2,6 +2,7 @@
 
     python tools/demo.py [--out work_dirs/demo] [--train-images 600] [--test-images 150] [--size 256]
                          [--epochs E] [--angles A [A ...]] [--retrain] [--skip-equivariance]
+                         [--config configs/demo/...py] [--data DIR]
 
 1. generates a synthetic DOTA set (``tools/make_synthetic_dota.py``): ``OUT/data/train`` and ``OUT/data/test``;
 2. trains the demo detector (``configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py``: Rotated RetinaNet
@@ -14,6 +15,9 @@
 5. measures the equivariance of the full-size EquivariantResNet-50 (C8) + EquivariantFPN on the real DOTA image
    beside the project (``../shared``; a synthetic scene without it) on the equivariant canvas and without it;
 6. writes ``OUT/report.md`` and ``OUT/report.json`` (per mode ``mAP`` and ``sec_per_img``, and everything above).
+
+``--config`` trains and measures another demo variant (``configs/demo/``: the D4 and C8 ones) the same way, into
+its own ``--out``; ``--data`` shares one synthetic set between such runs (default ``OUT/data``).
 
 Each step keeps what an earlier run made with the same settings (data, trained weights, benchmark entries), so an
 interrupted demo resumes; other data or epochs train again, and so does ``--retrain``.
@@ -65,23 +69,34 @@ def parse_args(argv=None):
     p.add_argument("--angles", nargs="+", default=["0", "90", "180", "270"], help="TTA view angles (degrees)")
     p.add_argument("--retrain", action="store_true", help="train again although OUT/model.pth exists")
     p.add_argument("--skip-equivariance", action="store_true", help="skip the EquivariantResNet-50 table")
-    return p.parse_args(argv)
+    p.add_argument("--config", default=str(CONFIG), help="the demo config to train (default: the C4 demo)")
+    p.add_argument("--data", help="where the synthetic set is made / kept (default: OUT/data)")
+    args = p.parse_args(argv)
+    args.config = Path(args.config).resolve()
+    if not args.config.is_file():
+        p.error(f"--config {args.config} not found")
+    return args
 
 
 # -- 1. data -----------------------------------------------------------------------------------------------------
+def data_dir(out: Path, args) -> Path:
+    return Path(args.data).resolve() if args.data else DemoLayout(out).data
+
+
 def make_data(out: Path, args) -> dict:
-    stamp = out / "data" / "settings.json"
+    root = data_dir(out, args)
+    stamp = root / "settings.json"
     settings = {"train": [args.train_images, args.size, 0], "test": [args.test_images, args.size, 1]}
     if stamp.is_file() and _read_json(stamp) == settings:
-        log(f"data: kept {out / 'data'} (same settings)")
+        log(f"data: kept {root} (same settings)")
         return settings
     t0 = time.perf_counter()
     for split, (num, size, seed) in settings.items():
-        shutil.rmtree(out / "data" / split, ignore_errors=True)
-        generate_dataset(str(out / "data" / split), num_images=num, size=size, seed=seed, workers=2, progress=False)
+        shutil.rmtree(root / split, ignore_errors=True)
+        generate_dataset(str(root / split), num_images=num, size=size, seed=seed, workers=2, progress=False)
     write_json_atomic(str(stamp), settings)
     log(f"data: {args.train_images} train + {args.test_images} test scenes of {args.size}² in "
-        f"{time.perf_counter() - t0:.0f} s -> {out / 'data'}")
+        f"{time.perf_counter() - t0:.0f} s -> {root}")
     return settings
 
 
@@ -94,8 +109,10 @@ def _read_json(path):
 def train(out: Path, args, data: dict) -> dict:
     model_path = DemoLayout(out).checkpoint
     info_path = DemoLayout(out).train_dir / "train.json"
-    cfg = demo_config(CONFIG, out, args.size, args.epochs)
+    cfg = demo_config(args.config, out, args.size, args.epochs, data=data_dir(out, args))
     settings = {"data": data, "epochs": cfg.train_cfg.max_epochs}
+    if args.config != CONFIG:
+        settings["config"] = str(args.config.relative_to(ROOT)) if ROOT in args.config.parents else str(args.config)
     if model_path.is_file() and info_path.is_file() and not args.retrain:
         info = _read_json(info_path)
         if info.get("settings") == settings:
@@ -109,13 +126,13 @@ def train(out: Path, args, data: dict) -> dict:
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1, save_last=False)
     runner = Runner.from_cfg(cfg)
     epochs = cfg.train_cfg.max_epochs
-    log(f"train: {DEMO_CONFIG}, {epochs} epochs of {len(runner.train_dataloader.dataset)} images, "
+    log(f"train: {args.config.name}, {epochs} epochs of {len(runner.train_dataloader.dataset)} images, "
         f"batch {cfg.train_dataloader.batch_size}, on the CPU ({torch.get_num_threads()} threads)")
     t0 = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - t0
     state = {"state_dict": unwrap_model(runner.model).state_dict(),
-             "meta": {"config": str(DEMO_CONFIG), "epochs": epochs}}
+             "meta": {"config": str(args.config), "epochs": epochs}}
     write_atomic(model_path, lambda fh: torch.save(state, fh), "wb")
     info = {"seconds": seconds, "epochs": epochs, "iterations": runner.iter,
             "train_images": len(runner.train_dataloader.dataset), "sec_per_iter": seconds / max(runner.iter, 1),
@@ -128,7 +145,8 @@ def train(out: Path, args, data: dict) -> dict:
 # -- 3. benchmark --------------------------------------------------------------------------------------------------
 def benchmark(out: Path, args) -> dict:
     layout = DemoLayout(out)
-    res = run_benchmark(demo_config(CONFIG, out, args.size), str(layout.checkpoint), str(layout.test_data),
+    res = run_benchmark(demo_config(args.config, out, args.size, data=data_dir(out, args)), str(layout.checkpoint),
+                        str(data_dir(out, args) / "test"),
                         modes=MODES,
                         angles=" ".join(args.angles), out_dir=str(layout.benchmark_dir), log=log)
     print(res["table"], flush=True)
@@ -136,11 +154,12 @@ def benchmark(out: Path, args) -> dict:
 
 
 # -- 4. pictures ---------------------------------------------------------------------------------------------------
-def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
+def draw_detections(out: Path, args, num: int = 4) -> list:
     """The test scenes with the most objects: ground truth (white) and the detections without TTA and with
-    feature TTA over ``angles`` side by side."""
+    feature TTA over ``args.angles`` side by side."""
     layout = DemoLayout(out)
-    cfg = demo_config(CONFIG, out, size)
+    angles = " ".join(args.angles)
+    cfg = demo_config(args.config, out, args.size, data=data_dir(out, args))
     model = MODELS.build(cfg.model)
     state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)  # tensors and strings only
     model.load_state_dict(state["state_dict"])
@@ -171,17 +190,17 @@ def draw_detections(out: Path, size: int, angles: str, num: int = 4) -> list:
     return paths
 
 
-def draw_fields(out: Path, size: int) -> dict:
+def draw_fields(out: Path, args) -> dict:
     """The trained model's fields on the first test scene, and their passive rotation by 90°."""
     layout = DemoLayout(out)
-    model = MODELS.build(demo_config(CONFIG, out, size).model)
+    model = MODELS.build(demo_config(args.config, out, args.size).model)
     state = torch.load(str(layout.checkpoint), map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     model.eval()
-    image = sorted((layout.test_data / "images").iterdir())[0]
+    image = sorted((data_dir(out, args) / "test" / "images").iterdir())[0]
     img, image_what = load_image(str(image))
     plots = visualize_detector_fields(model, image_to_tensor(img), str(layout.fields_dir), 90.0, levels=[0, 1, 2])
-    summary = plots.summary(str(layout.fields_dir), model=f"{DEMO_CONFIG} with weights {layout.checkpoint}",
+    summary = plots.summary(str(layout.fields_dir), model=f"{args.config.name} with weights {layout.checkpoint}",
                             image=image_what, equivariant_canvas=True)
     write_json_atomic(str(layout.fields_dir / "fields.json"), summary)
     log(f"fields: {len(plots.paths)} pictures -> {layout.fields_dir}")
@@ -214,7 +233,7 @@ def equivariance_table(out: Path) -> dict:
 
 
 # -- 6. report -----------------------------------------------------------------------------------------------------
-def write_report(out: Path, data, train_info, bench, detections, fields, equiv, seconds) -> None:
+def write_report(out: Path, args, data, train_info, bench, detections, fields, equiv, seconds) -> None:
     results = bench["results"]
     report = {
         "total_seconds": seconds,  # this run (steps kept from an earlier run are not counted)
@@ -233,7 +252,7 @@ def write_report(out: Path, data, train_info, bench, detections, fields, equiv, 
     write_json_atomic(str(out / "report.json"), report)
     lines = ["# rotplugin demo report", "",
              f"Synthetic DOTA ({data['train'][0]} train / {data['test'][0]} test scenes of {data['train'][1]}²), "
-             f"`{DEMO_CONFIG}` trained from scratch on the CPU for {train_info['epochs']} epochs "
+             f"`{args.config.name}` trained from scratch on the CPU for {train_info['epochs']} epochs "
              f"({train_info['iterations']} iterations, {train_info['seconds'] / 60:.1f} min). "
              f"This run of the demo: {seconds / 60:.1f} min"
              + (" (the training was kept from an earlier run)." if train_info.get("kept") else "."), "",
@@ -279,10 +298,10 @@ def main(argv=None):
     data = make_data(out, args)
     train_info = train(out, args, data)
     bench = benchmark(out, args)
-    detections = draw_detections(out, args.size, " ".join(args.angles))
-    fields = draw_fields(out, args.size)
+    detections = draw_detections(out, args)
+    fields = draw_fields(out, args)
     equiv = None if args.skip_equivariance else equivariance_table(out)
-    write_report(out, data, train_info, bench, detections, fields, equiv, time.perf_counter() - t0)
+    write_report(out, args, data, train_info, bench, detections, fields, equiv, time.perf_counter() - t0)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Test a detector with mmengine's Runner, optionally with rotation TTA (features or images).
 
     python tools/test.py CONFIG CHECKPOINT [--tta [feature|image]] [--angles 0 90 180 270] [--fibre-interp linear]
+                         [--flips none horizontal vertical] [--scales 0.5 1.0 1.5] [--merge nms|fusion]
                          [--out results.pkl] [--submission-dir DIR [--merge-iou 0.1]]
                          [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
 
@@ -9,7 +10,9 @@ and the test pipeline ``cfg.tta_pipeline`` when the config has one. rotplugin's 
 ``tta_model = dict(type='FeatureRotationTTAModel', ...)`` (one backbone pass, rotated features per view), so mmdet's
 own tool runs the same TTA; a config without ``tta_model`` gets FeatureRotationTTAModel with 4 quarter turns.
 ``--tta feature`` / ``--tta image`` choose FeatureRotationTTAModel / ImageRotationTTAModel (the image-rotation
-baseline) with the config's other TTA settings; ``--angles`` and ``--fibre-interp`` override those of the config.
+baseline) with the config's other TTA settings; ``--angles``, ``--flips``, ``--scales``, ``--merge`` and
+``--fibre-interp`` override those of the config (the views are ``scales`` x ``flips`` x ``angles``, see
+``rotplugin/models/tta_views.py``; ``--merge fusion`` is the rotated weighted box fusion).
 (mmrotate dev-1.x's ``tools/test.py`` has no ``--tta``.)
 
 DOTA test-set submission: ``--submission-dir DIR`` (a new or empty folder) writes ``DIR/Task1_<class>.txt`` (one line
@@ -34,7 +37,8 @@ from mmengine.runner import Runner
 
 import rotplugin.mm  # noqa: F401  (registers the components and lets torch's weights_only load Runner checkpoints)
 from rotplugin.engine import finish_distributed, init_cpu_distributed
-from rotplugin.models.tta import DEFAULT_TTA_MODEL, parse_angles
+from rotplugin.models.tta import DEFAULT_TTA_MODEL
+from rotplugin.models.tta_views import MERGES, parse_angles, parse_flips, parse_scales
 from rotplugin.presets import add_runner_args, runner_config
 
 TTA_TYPES = {"feature": "FeatureRotationTTAModel", "image": "ImageRotationTTAModel"}
@@ -48,6 +52,10 @@ def parse_args(argv=None):
     parser.add_argument("--tta", nargs="?", const="config", choices=["config", "feature", "image", "none"],
                         default="none", help="rotation TTA: the config's tta_model (no value), or feature / image")
     parser.add_argument("--angles", nargs="+", help="TTA view angles in degrees (default: the tta_model's)")
+    parser.add_argument("--flips", nargs="+", help="TTA mirrors: none horizontal vertical (default: the tta_model's)")
+    parser.add_argument("--scales", nargs="+", help="TTA image scales, e.g. 0.5 1.0 1.5 (default: the tta_model's)")
+    parser.add_argument("--merge", choices=MERGES, help="how TTA views are merged: class-wise rotated NMS or rotated "
+                                                        "weighted box fusion (default: the tta_model's, else nms)")
     parser.add_argument("--fibre-interp", choices=["linear", "fourier"], default=None,
                         help="rule for feature rotations between orientation steps")
     parser.add_argument("--submission-dir", help="write DOTA Task1 submission files (patches merged to full images) "
@@ -61,10 +69,11 @@ def parse_args(argv=None):
 def build_test_config(args):
     cfg = runner_config(args)
     cfg.load_from = args.checkpoint
+    tta_options = dict(angles=args.angles, flips=args.flips, scales=args.scales, merge=args.merge)
     if args.tta != "none":
-        set_tta(cfg, args.tta, args.angles, args.fibre_interp)
-    elif args.angles or args.fibre_interp:
-        raise ValueError("--angles / --fibre-interp set the rotation TTA: add --tta")
+        set_tta(cfg, args.tta, fibre_interp=args.fibre_interp, **tta_options)
+    elif any(tta_options.values()) or args.fibre_interp:
+        raise ValueError("--angles / --flips / --scales / --merge / --fibre-interp set the rotation TTA: add --tta")
     if args.submission_dir:
         set_submission(cfg, args.submission_dir, args.merge_iou)
     if args.out:
@@ -77,14 +86,21 @@ def build_test_config(args):
     return cfg
 
 
-def set_tta(cfg, kind: str, angles=None, fibre_interp=None) -> None:
+def set_tta(cfg, kind: str, angles=None, fibre_interp=None, flips=None, scales=None, merge=None) -> None:
     """mmdet 3.x's ``--tta``: ``cfg.model = dict(**cfg.tta_model, module=cfg.model)`` (``kind`` 'feature' / 'image'
-    sets the type, 'config' keeps the config's), the test pipeline ``cfg.tta_pipeline`` when there is one."""
+    sets the type, 'config' keeps the config's), the test pipeline ``cfg.tta_pipeline`` when there is one; the
+    options given (command-line strings) replace the tta_model's."""
     tta = dict(cfg.get("tta_model") or DEFAULT_TTA_MODEL)
     if kind in TTA_TYPES:
         tta["type"] = TTA_TYPES[kind]
     if angles:
         tta["angles"] = parse_angles(" ".join(angles))
+    if flips:
+        tta["flips"] = parse_flips(" ".join(flips))
+    if scales:
+        tta["scales"] = parse_scales(" ".join(scales))
+    if merge:
+        tta["merge"] = merge
     if fibre_interp is not None:
         tta["fibre_interp"] = fibre_interp
     cfg.model = ConfigDict(**tta, module=cfg.model)

@@ -284,6 +284,9 @@ def _measure(model, loader, evaluator, num_images: int, warmup: int, device) -> 
     for data in warm:
         model.test_step(data)
     model.timings.clear()
+    counts = getattr(model, "counts", None)
+    if counts is not None:
+        counts.clear()
     total = 0.0
     t_start = time.perf_counter()
     for data in itertools.chain(warm, it):
@@ -294,6 +297,7 @@ def _measure(model, loader, evaluator, num_images: int, warmup: int, device) -> 
         total += time.perf_counter() - t0
         evaluator.process(data_samples=outputs, data_batch=data)
     metrics = evaluator.evaluate(num_images)
+    passes = counts["backbone_passes"] / num_images if counts is not None else 1.0
     timings = {k: float(model.timings.get(k, 0.0)) / num_images for k in TIME_KEYS[:-1]}
     sec = total / num_images
     timings["other"] = max(0.0, sec - sum(timings.values()))
@@ -301,15 +305,18 @@ def _measure(model, loader, evaluator, num_images: int, warmup: int, device) -> 
     per_class = {c: r["ap"] for c, r in metric.class_results.items() if r["num_gts"] > 0}
     return dict(mAP=float(metrics["dota/mAP"]), per_class_AP=per_class,
                 num_gts={c: r["num_gts"] for c, r in metric.class_results.items() if r["num_gts"] > 0},
-                sec_per_img=sec, time_split=timings, num_images=num_images,
+                sec_per_img=sec, time_split=timings, backbone_passes=passes, num_images=num_images,
                 wall_seconds=time.perf_counter() - t_start)
+
+
+TTA_OPTIONS = ("flips", "scales", "merge", "fusion_iou_thr", "fibre_interp")
 
 
 def run_benchmark(config, checkpoint: str, data_root: Optional[str],
                   modes: Union[str, Sequence[str]] = MODES, angles=(0, 90, 180, 270),
                   out_dir: Optional[str] = None, max_images: Optional[int] = None, force: bool = False,
                   warmup: int = 1, device: str = "cpu", cfg_options: Optional[dict] = None,
-                  log: Callable[[str], object] = print) -> dict:
+                  log: Callable[[str], object] = print, tta: Optional[dict] = None) -> dict:
     """Measure ``modes`` (``'none'``, ``'image'``, ``'feature'``) of a detector on a DOTA-format set.
 
     Args:
@@ -317,6 +324,8 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
         checkpoint: weights (an mmengine checkpoint or a bare ``state_dict``); must fit the config's model.
         data_root: folder with ``images/`` and ``labelTxt/``; ``None``: the config's test dataset.
         modes, angles: what to measure; angles (degrees) of the TTA views.
+        tta: more options of both TTA models (``flips``, ``scales``, ``merge``, ``fusion_iou_thr``,
+            ``fibre_interp``; :class:`rotplugin.models.FeatureRotationTTAModel`), the same for image and feature TTA.
         out_dir: where ``benchmark.json`` and ``benchmark.png`` go (``None``: nothing written, nothing resumed).
         max_images: only the first ``N`` images (sorted by id).
         force: measure modes again although the JSON holds them with the same settings.
@@ -327,12 +336,17 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     Returns ``dict(results={mode: entry}, skipped=[modes taken from the JSON], table=str, json=path|None,
     png=path|None)``. An entry (also what ``benchmark.json`` holds under the mode's name) has ``mAP``,
     ``per_class_AP``, ``num_gts``, ``sec_per_img``, ``time_split`` ({backbone_neck, heads, rotation, merge, other},
-    seconds per image), ``num_images``, ``config``, ``checkpoint``, ``data``, ``angles`` (``None`` for ``none``),
+    seconds per image), ``backbone_passes`` (per image), ``num_images``, ``config``, ``checkpoint``, ``data``,
+    ``angles`` and ``tta`` (``None`` for ``none``),
     ``merge`` (TTA merge thresholds), ``device``, ``torch_threads``, ``measured_at`` and ``settings`` (what decides
     whether a rerun skips it).
     """
     modes = _parse_modes(modes)
     angles = parse_angles(angles)
+    tta = dict(tta or {})
+    unknown = sorted(set(tta) - set(TTA_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown tta options {unknown}: known are {', '.join(TTA_OPTIONS)}")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive integer, got {max_images!r}")
     if not isinstance(warmup, int) or warmup < 0:
@@ -378,7 +392,8 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     common = dict(config=config_name, config_sha256=_config_digest(cfg), checkpoint=osp.abspath(str(checkpoint)),
                   checkpoint_sha256=_sha256_file(checkpoint), data=osp.abspath(img_dir),
                   data_sha256=_data_digest(img_dir, ann_dir, ids, img_suffix), num_images=len(ids))
-    settings = {m: dict(common, mode=m, angles=None if m == "none" else angles, merge=None if m == "none" else merge)
+    settings = {m: dict(common, mode=m, angles=None if m == "none" else angles, merge=None if m == "none" else merge,
+                        **({} if m == "none" or not tta else {"tta": tta}))
                 for m in modes}
 
     json_path = osp.join(str(out_dir), JSON_NAME) if out_dir is not None else None
@@ -386,7 +401,8 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     todo = [m for m in modes if not store.done(m, settings[m])]
 
     if todo:
-        _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings, store, warmup, device, log)
+        _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, dict(merge, **tta), settings, store, warmup,
+                   device, log)
 
     results = {m: store.get(m) for m in modes}
     table = format_table(results)
@@ -422,13 +438,14 @@ def _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings,
               "image": lambda: ImageRotationTTAModel(detector, angles=angles, **merge),
               "feature": lambda: FeatureRotationTTAModel(detector, angles=angles, **merge)}
     for mode in todo:
-        log(f"[benchmark] {mode}: {len(ids)} images" + ("" if mode == "none" else f", angles {angles}"))
+        log(f"[benchmark] {mode}: {len(ids)} images" + ("" if mode == "none" else f", angles {angles}")
+            + ("" if mode == "none" or len(merge) == 3 else f", {dict((k, merge[k]) for k in TTA_OPTIONS if k in merge)}"))
         evaluator = Evaluator(DOTAClassAPMetric(metric="mAP", silent=True))
         evaluator.dataset_meta = dataset.metainfo
         numbers = _measure(makers[mode](), loader, evaluator, len(ids), warmup, device)
         s = settings[mode]
         entry = dict(numbers, config=s["config"], checkpoint=s["checkpoint"], data=s["data"], angles=s["angles"],
-                     merge=s["merge"], device=str(device), torch_threads=torch.get_num_threads(),
+                     merge=s["merge"], tta=s.get("tta"), device=str(device), torch_threads=torch.get_num_threads(),
                      measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"))
         store.put(mode, entry, s)
         log(f"[benchmark] {mode}: mAP {numbers['mAP']:.4f}, {numbers['sec_per_img']:.3f} s/img")

@@ -36,7 +36,7 @@ import torch
 from mmcv.ops import batched_nms as mmcv_batched_nms
 from mmcv.ops import box_iou_rotated, nms_rotated
 
-__all__ = ["batched_nms", "batched_rotated_nms", "multiclass_nms"]
+__all__ = ["batched_nms", "batched_rotated_nms", "multiclass_nms", "overlapping_pairs"]
 
 # relative slack on the two pruning conditions: the exact IoU (float32, polygon clipping) may exceed the true
 # bound by rounding; 1e-3 is far above float32 error and costs only a few extra candidate pairs
@@ -127,6 +127,23 @@ def _candidate_pairs(b: torch.Tensor, cls: torch.Tensor, iou_thr: float):
         pair = torch.unique(first * n + second)
         first, second = pair // n, pair % n
     return first, second
+
+
+def overlapping_pairs(boxes: torch.Tensor, labels: torch.Tensor, iou_thr: float):
+    """Every pair ``(i, j)``, ``i < j``, of rows of ``boxes`` (n, 5) with the same label and rotated IoU
+    ``>= iou_thr`` (``mmcv.ops.box_iou_rotated`` in float32), with that IoU: ``(i, j, iou)``. The exact IoU is
+    computed only for the pairs that :func:`_candidate_pairs` cannot rule out. ``iou_thr`` must be > 0."""
+    if not iou_thr > 0:
+        raise ValueError(f"overlapping_pairs needs iou_thr > 0, got {iou_thr}")
+    order = torch.argsort(labels, stable=True)
+    b = boxes[order].float()
+    first, second = _candidate_pairs(b, labels[order], float(iou_thr))
+    if first.numel() == 0:
+        return first, second, b.new_zeros(0)
+    iou = box_iou_rotated(b[first], b[second], aligned=True)
+    ok = iou >= torch.tensor(iou_thr, dtype=torch.float32)
+    i, j = order[first[ok]], order[second[ok]]
+    return torch.minimum(i, j), torch.maximum(i, j), iou[ok]
 
 
 def _greedy(n: int, src: torch.Tensor, dst: torch.Tensor, overlaps) -> torch.Tensor:
