@@ -2,7 +2,7 @@
 
     python tools/demo.py [--out work_dirs/demo] [--train-images 600] [--test-images 150] [--size 256]
                          [--epochs E] [--angles A [A ...]] [--retrain] [--skip-equivariance]
-                         [--config configs/demo/...py] [--data DIR]
+                         [--config configs/demo/...py] [--data DIR] [--threads 2]
 
 1. generates a synthetic DOTA set (``tools/make_synthetic_dota.py``): ``OUT/data/train`` and ``OUT/data/test``;
 2. trains the demo detector (``configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py``: Rotated RetinaNet
@@ -18,6 +18,10 @@
 
 ``--config`` trains and measures another demo variant (``configs/demo/``: the D4 and C8 ones) the same way, into
 its own ``--out``; ``--data`` shares one synthetic set between such runs (default ``OUT/data``).
+
+``--threads`` (default 2, what the README's numbers were measured with) sets torch's CPU threads: the training is
+bitwise reproducible for a given thread count on a given CPU, and a different count changes the float summation
+order and so the trained model (``tools/check_determinism.py`` measures it).
 
 Each step keeps what an earlier run made with the same settings (data, trained weights, benchmark entries), so an
 interrupted demo resumes; other data or epochs train again, and so does ``--retrain``.
@@ -71,10 +75,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-equivariance", action="store_true", help="skip the EquivariantResNet-50 table")
     p.add_argument("--config", default=str(CONFIG), help="the demo config to train (default: the C4 demo)")
     p.add_argument("--data", help="where the synthetic set is made / kept (default: OUT/data)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the result depends on them)")
     args = p.parse_args(argv)
     args.config = Path(args.config).resolve()
     if not args.config.is_file():
         p.error(f"--config {args.config} not found")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -136,7 +143,8 @@ def train(out: Path, args, data: dict) -> dict:
     write_atomic(model_path, lambda fh: torch.save(state, fh), "wb")
     info = {"seconds": seconds, "epochs": epochs, "iterations": runner.iter,
             "train_images": len(runner.train_dataloader.dataset), "sec_per_iter": seconds / max(runner.iter, 1),
-            "batch_size": cfg.train_dataloader.batch_size, "settings": settings}
+            "batch_size": cfg.train_dataloader.batch_size, "torch_threads": torch.get_num_threads(),
+            "settings": settings}
     write_json_atomic(str(info_path), info)
     log(f"train: {runner.iter} iterations in {seconds / 60:.1f} min -> {model_path}")
     return info
@@ -292,6 +300,7 @@ def _worst(report_json) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
