@@ -118,6 +118,32 @@ def test_tool_table_json_png_and_resume(setup, capsys):
     assert report["results"]["none"]["time_split"]["backbone_neck"] > 0
 
 
+def test_merges_from_one_pass_equal_separate_runs(setup, tmp_path):
+    """``merges``: each TTA mode predicted once per image, merged by NMS and by fusion: the same mAP as a run per
+    merge (``tta['merge']``); mirrored views on this C4 model count two backbone passes per image."""
+    from rotplugin.apis.benchmark import run_benchmark
+
+    tmp, config, ckpt = setup
+    kw = dict(angles=[0, 90], max_images=3, warmup=0, log=print)
+    both = run_benchmark(str(config), str(ckpt), str(tmp / "data"), modes=["feature"], merges=["nms", "fusion"],
+                         tta=dict(flips=["none", "horizontal"]), out_dir=str(tmp_path / "both"), **kw)
+    assert list(both["results"]) == ["feature+nms", "feature+fusion"]
+    for merge in ("nms", "fusion"):
+        one = run_benchmark(str(config), str(ckpt), str(tmp / "data"), modes=["feature"],
+                            tta=dict(flips=["none", "horizontal"], merge=merge), **kw)["results"]["feature"]
+        entry = both["results"][f"feature+{merge}"]
+        assert entry["mAP"] == pytest.approx(one["mAP"], abs=1e-9) and entry["backbone_passes"] == 2.0
+        assert entry["tta"] == dict(flips=["none", "horizontal"], merge=merge)
+        assert sum(entry["time_split"].values()) == pytest.approx(entry["sec_per_img"])
+    again = run_benchmark(str(config), str(ckpt), str(tmp / "data"), modes=["feature"], merges=["nms", "fusion"],
+                          tta=dict(flips=["none", "horizontal"]), out_dir=str(tmp_path / "both"), **kw)
+    assert again["skipped"] == ["feature+nms", "feature+fusion"]
+    with pytest.raises(ValueError, match="unknown merge"):
+        run_benchmark(str(config), str(ckpt), str(tmp / "data"), merges=["mean"], **kw)
+    with pytest.raises(ValueError, match="unknown tta options"):
+        run_benchmark(str(config), str(ckpt), str(tmp / "data"), tta=dict(views=3), **kw)
+
+
 def test_plain_timed_model_is_the_detectors_prediction(setup):
     from mmengine.dataset import pseudo_collate
     from mmrotate.registry import DATASETS, MODELS
@@ -217,3 +243,19 @@ def test_class_ap_metric():
     assert out["dota/mAP"] == pytest.approx((out["dota/AP_a"] + out["dota/AP_c"]) / 2)
     assert metric.class_results["b"]["num_gts"] == 0 and metric.class_results["c"]["num_gts"] == 2
     assert metric.class_results["c"]["num_dets"] == 2
+
+
+def test_tta_grid_summary_picks_the_best_feature_setting_within_the_baselines_time():
+    from conftest import load_tool
+
+    grid = load_tool("benchmark_tta_grid")
+    row = lambda setting, merge, mode, m, s: dict(model="c4", setting=setting, merge=merge, mode=mode, mAP=m,
+                                                  sec_per_img=s, backbone_passes=1)
+    rows = [row("q4", "nms", "image", 0.60, 1.0), row("q4", "nms", "feature", 0.60, 0.5),
+            row("q4", "fusion", "feature", 0.62, 0.52), row("s3q4", "fusion", "feature", 0.70, 1.5)]
+    s = grid.summarise(rows)["c4"]
+    assert s["best"]["setting"] == "q4" and s["best"]["merge"] == "fusion"       # s3q4 is better but slower
+    assert s["best"]["gain"] == pytest.approx(0.02) and s["goal_met"]
+    rows[2]["mAP"] = 0.605
+    assert not grid.summarise(rows)["c4"]["goal_met"]                             # +0.5 points: below the goal
+    assert "| c4 | q4 | fusion | feature | 0.6050 |" in grid.table(rows)

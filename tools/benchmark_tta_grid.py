@@ -14,9 +14,10 @@ beside feature TTA):
 * ``d4``: 4 x 90° x (none, horizontal mirror): all of D4 (D4 model: one backbone pass; C_N: two);
 * ``s3q4``: scales 0.5, 1, 1.5 x 4 x 90°.
 
-Plus no TTA once per model. Per entry: mAP@0.5 (DOTA, VOC07), s/img (model step, data loading and evaluation
-excluded), backbone passes per image (``rotplugin/apis/benchmark.py``). Everything is resumable
-(``OUT/<model>/<setting>_<merge>/benchmark.json``); ``OUT/grid.json`` and ``OUT/grid.md`` hold the table and, per
+Plus no TTA once per model. Each mode's views are predicted once per image and merged by every merge (each
+entry timed as that pass plus its own merge). Per entry: mAP@0.5 (DOTA, VOC07), s/img (model step, data loading and
+evaluation excluded), backbone passes per image (``rotplugin/apis/benchmark.py``). Everything is resumable
+(``OUT/<model>/<setting>/benchmark.json``); ``OUT/grid.json`` and ``OUT/grid.md`` hold the table and, per
 model, the best feature-TTA setting against the baseline (mAP gain, time ratio) and whether it meets the goal
 (``+GOAL_GAIN`` mAP at no more than the baseline's time).
 """
@@ -60,8 +61,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def options(model: str, setting: str, merge: str) -> dict:
-    tta = dict(SETTINGS[setting]["tta"], merge=merge)
+def options(model: str, setting: str) -> dict:
+    tta = dict(SETTINGS[setting]["tta"])
     if setting == "r8" and model != "c8":
         tta["fibre_interp"] = "linear"
     return tta
@@ -109,16 +110,16 @@ def main(argv=None):
         rows.append(dict(model=model, setting="none", merge="-", mode="none", mAP=r["mAP"],
                          sec_per_img=r["sec_per_img"], backbone_passes=r["backbone_passes"]))
         for setting in args.settings:
-            for merge in args.merges:
-                res = run_benchmark(cfg, str(ckpt), str(test), modes=args.modes, angles=SETTINGS[setting]["angles"],
-                                    tta=options(model, setting, merge), out_dir=str(out / model / f"{setting}_{merge}"),
-                                    **kw)
-                for mode in args.modes:
-                    r = res["results"][mode]
+            # each mode's views predicted once per image, merged by every merge
+            res = run_benchmark(cfg, str(ckpt), str(test), modes=args.modes, angles=SETTINGS[setting]["angles"],
+                                tta=options(model, setting), merges=args.merges, out_dir=str(out / model / setting),
+                                **kw)
+            for mode in args.modes:
+                for merge in args.merges:
+                    r = res["results"][f"{mode}+{merge}"]
                     rows.append(dict(model=model, setting=setting, merge=merge, mode=mode, mAP=r["mAP"],
                                      sec_per_img=r["sec_per_img"], backbone_passes=r["backbone_passes"]))
-                log(f"{model} {setting} {merge}: " + ", ".join(
-                    f"{m} {res['results'][m]['mAP']:.4f} / {res['results'][m]['sec_per_img']:.3f} s" for m in args.modes))
+                    log(f"{model} {setting} {mode} {merge}: mAP {r['mAP']:.4f}, {r['sec_per_img']:.3f} s/img")
     summary = summarise(rows)
     write_json_atomic(str(out / "grid.json"), dict(rows=rows, summary=summary, goal_gain=GOAL_GAIN))
     text = [table(rows), ""]

@@ -10,7 +10,7 @@
   filters once);
 * ``time_split`` (seconds per image): ``backbone_neck`` (``extract_feat``), ``heads`` (dense head, or RPN + RoI
   head; all views), ``rotation`` (rotating the feature pyramid, or the input image, for the views), ``merge``
-  (un-rotated boxes of the views merged by rotated NMS) and ``other`` (the rest of the step: preprocessing, view
+  (the views' boxes, mapped back, merged by rotated NMS or fused) and ``other`` (the rest of the step: preprocessing, view
   metadata, mapping boxes back); they add up to ``sec_per_img``. Without TTA (``none``) the detector's own
   prediction is split into ``extract_feat`` and its heads (what ``detector.predict`` does, timed piece by piece),
   ``rotation = merge = 0``.
@@ -56,6 +56,7 @@ from rotplugin.equivariance import feature_pyramid
 from rotplugin.evaluation import DOTAClassAPMetric
 from rotplugin.io import ResumableResults, write_atomic
 from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel, parse_angles
+from rotplugin.models.tta_views import parse_merge
 from rotplugin.presets import load_config
 
 __all__ = ["run_benchmark", "format_table", "plot_benchmark", "PlainTimedModel", "check_data_root", "MODES",
@@ -275,38 +276,64 @@ def plot_benchmark(results: Dict[str, dict], path, title: str = "") -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the benchmark
 # ---------------------------------------------------------------------------------------------------------------
-def _measure(model, loader, evaluator, num_images: int, warmup: int, device) -> dict:
-    """Run ``model.test_step`` on every batch (after ``warmup`` untimed ones), evaluate, return the numbers."""
+def _measure(model, loader, evaluators: dict, num_images: int, warmup: int, device, merges=None) -> dict:
+    """Run the model on every batch (after ``warmup`` untimed ones), evaluate, return ``{key: numbers}``.
+
+    Without ``merges``: ``model.test_step``, one evaluator (key ``None``). With ``merges`` (a TTA model): the views
+    are predicted once per image and merged by each merge of ``merges`` (``evaluators[merge]``); each merge's entry
+    is timed as the shared step (preprocessing, views) plus its own merge."""
+    if merges:
+        def step(data):
+            pre = model.module.data_preprocessor(data, False)
+            return model.predict_views(pre["inputs"], pre["data_samples"])
+    else:
+        step = model.test_step
     it = iter(loader)
     warm = []
     for _ in range(min(warmup, num_images)):  # untimed; the same batches are measured afterwards
         warm.append(next(it))
     for data in warm:
-        model.test_step(data)
+        step(data)
     model.timings.clear()
     counts = getattr(model, "counts", None)
     if counts is not None:
         counts.clear()
     total = 0.0
+    merge_s: Dict[str, float] = defaultdict(float)
     t_start = time.perf_counter()
     for data in itertools.chain(warm, it):
         _sync(device)
         t0 = time.perf_counter()
-        outputs = model.test_step(data)
+        outputs = step(data)
         _sync(device)
         total += time.perf_counter() - t0
-        evaluator.process(data_samples=outputs, data_batch=data)
-    metrics = evaluator.evaluate(num_images)
+        if not merges:
+            evaluators[None].process(data_samples=outputs, data_batch=data)
+            continue
+        for merge in merges:
+            model.merge = merge
+            t0 = time.perf_counter()
+            merged = model.merge_preds(outputs)
+            merge_s[merge] += time.perf_counter() - t0
+            evaluators[merge].process(data_samples=merged, data_batch=data)
     passes = counts["backbone_passes"] / num_images if counts is not None else 1.0
-    timings = {k: float(model.timings.get(k, 0.0)) / num_images for k in TIME_KEYS[:-1]}
-    sec = total / num_images
-    timings["other"] = max(0.0, sec - sum(timings.values()))
-    metric = evaluator.metrics[0]
-    per_class = {c: r["ap"] for c, r in metric.class_results.items() if r["num_gts"] > 0}
-    return dict(mAP=float(metrics["dota/mAP"]), per_class_AP=per_class,
-                num_gts={c: r["num_gts"] for c, r in metric.class_results.items() if r["num_gts"] > 0},
-                sec_per_img=sec, time_split=timings, backbone_passes=passes, num_images=num_images,
-                wall_seconds=time.perf_counter() - t_start)
+    wall = time.perf_counter() - t_start
+    out = {}
+    for key, evaluator in evaluators.items():
+        metrics = evaluator.evaluate(num_images)
+        timings = {k: float(model.timings.get(k, 0.0)) / num_images for k in TIME_KEYS[:-1]}
+        sec = total / num_images
+        if merges:
+            timings["merge"] = merge_s[key] / num_images
+            sec += timings["merge"]
+        timings["other"] = max(0.0, sec - sum(timings.values()))
+        metric = evaluator.metrics[0]
+        per_class = {c: r["ap"] for c, r in metric.class_results.items() if r["num_gts"] > 0}
+        out[key] = dict(mAP=float(metrics["dota/mAP"]), per_class_AP=per_class,
+                        num_gts={c: r["num_gts"] for c, r in metric.class_results.items() if r["num_gts"] > 0},
+                        sec_per_img=sec, time_split=timings, backbone_passes=passes, num_images=num_images,
+                        wall_seconds=wall)
+    return out
 
 
 TTA_OPTIONS = ("flips", "scales", "merge", "fusion_iou_thr", "fibre_interp")
@@ -316,7 +343,8 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
                   modes: Union[str, Sequence[str]] = MODES, angles=(0, 90, 180, 270),
                   out_dir: Optional[str] = None, max_images: Optional[int] = None, force: bool = False,
                   warmup: int = 1, device: str = "cpu", cfg_options: Optional[dict] = None,
-                  log: Callable[[str], object] = print, tta: Optional[dict] = None) -> dict:
+                  log: Callable[[str], object] = print, tta: Optional[dict] = None,
+                  merges: Optional[Sequence[str]] = None) -> dict:
     """Measure ``modes`` (``'none'``, ``'image'``, ``'feature'``) of a detector on a DOTA-format set.
 
     Args:
@@ -326,6 +354,9 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
         modes, angles: what to measure; angles (degrees) of the TTA views.
         tta: more options of both TTA models (``flips``, ``scales``, ``merge``, ``fusion_iou_thr``,
             ``fibre_interp``; :class:`rotplugin.models.FeatureRotationTTAModel`), the same for image and feature TTA.
+        merges: measure each TTA mode once per image and merge its views by each of these (``'nms'``,
+            ``'fusion'``): entries ``'<mode>+<merge>'`` (each timed as the shared pass plus its own merge) instead of
+            ``'<mode>'`` merged by ``tta['merge']``.
         out_dir: where ``benchmark.json`` and ``benchmark.png`` go (``None``: nothing written, nothing resumed).
         max_images: only the first ``N`` images (sorted by id).
         force: measure modes again although the JSON holds them with the same settings.
@@ -333,7 +364,7 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
         device: ``'cpu'`` or ``'cuda'``; on CUDA the step time is synchronised, the TTA models' split is not
             (approximate).
 
-    Returns ``dict(results={mode: entry}, skipped=[modes taken from the JSON], table=str, json=path|None,
+    Returns ``dict(results={key: entry}, skipped=[keys taken from the JSON], table=str, json=path|None,
     png=path|None)``. An entry (also what ``benchmark.json`` holds under the mode's name) has ``mAP``,
     ``per_class_AP``, ``num_gts``, ``sec_per_img``, ``time_split`` ({backbone_neck, heads, rotation, merge, other},
     seconds per image), ``backbone_passes`` (per image), ``num_images``, ``config``, ``checkpoint``, ``data``,
@@ -347,6 +378,10 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     unknown = sorted(set(tta) - set(TTA_OPTIONS))
     if unknown:
         raise ValueError(f"unknown tta options {unknown}: known are {', '.join(TTA_OPTIONS)}")
+    if merges is not None:
+        merges = [parse_merge(m) for m in merges]
+        if not merges or "merge" in tta:
+            raise ValueError("merges: give one or more of nms, fusion (and no tta['merge'] beside it)")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive integer, got {max_images!r}")
     if not isinstance(warmup, int) or warmup < 0:
@@ -392,19 +427,25 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
     common = dict(config=config_name, config_sha256=_config_digest(cfg), checkpoint=osp.abspath(str(checkpoint)),
                   checkpoint_sha256=_sha256_file(checkpoint), data=osp.abspath(img_dir),
                   data_sha256=_data_digest(img_dir, ann_dir, ids, img_suffix), num_images=len(ids))
-    settings = {m: dict(common, mode=m, angles=None if m == "none" else angles, merge=None if m == "none" else merge,
-                        **({} if m == "none" or not tta else {"tta": tta}))
-                for m in modes}
+    keys = {}   # entry key -> (mode, merge of its views, or None: the tta options' own)
+    for m in modes:
+        for g in ([None] if m == "none" or merges is None else merges):
+            keys[m if g is None else f"{m}+{g}"] = (m, g)
+    settings = {}
+    for key, (m, g) in keys.items():
+        opts = tta if g is None else dict(tta, merge=g)
+        settings[key] = dict(common, mode=m, angles=None if m == "none" else angles,
+                             merge=None if m == "none" else merge, **({} if m == "none" or not opts else {"tta": opts}))
 
     json_path = osp.join(str(out_dir), JSON_NAME) if out_dir is not None else None
     store = ResumableResults(json_path, force=force, log=lambda msg: log(f"[benchmark] {msg}"))
-    todo = [m for m in modes if not store.done(m, settings[m])]
+    todo = [k for k in keys if not store.done(k, settings[k])]
 
     if todo:
-        _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, dict(merge, **tta), settings, store, warmup,
-                   device, log)
+        _run_modes(cfg, checkpoint, dataset_cfg, ids, {k: keys[k] for k in todo}, angles, dict(merge, **tta),
+                   settings, store, warmup, device, log)
 
-    results = {m: store.get(m) for m in modes}
+    results = {k: store.get(k) for k in keys}
     table = format_table(results)
     png_path = None
     if out_dir is not None:
@@ -412,13 +453,14 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
         title = (f"{osp.basename(config_name)}  |  {len(ids)} images  |  TTA angles "
                  f"{', '.join(f'{a:g}' for a in angles)}")
         plot_benchmark(results, png_path, title=title)
-    return dict(results=results, skipped=[m for m in modes if m not in todo], table=table, json=json_path,
+    return dict(results=results, skipped=[k for k in keys if k not in todo], table=table, json=json_path,
                 png=png_path)
 
 
 def _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings, store, warmup, device, log):
+    """Measure the entries ``todo`` (key -> (mode, merge or None)) and put them into ``store``."""
     detector = MODELS.build(cfg.model)
-    if "feature" in todo:
+    if any(m == "feature" for m, _ in todo.values()):
         feature_pyramid(detector, "feature TTA")  # clear error for a model whose features cannot be rotated
     try:  # a Runner checkpoint loads with weights_only: this module imports rotplugin.mm
         load_checkpoint(detector, str(checkpoint), map_location="cpu", strict=True, logger="silent")
@@ -437,15 +479,22 @@ def _run_modes(cfg, checkpoint, dataset_cfg, ids, todo, angles, merge, settings,
     makers = {"none": lambda: PlainTimedModel(detector),
               "image": lambda: ImageRotationTTAModel(detector, angles=angles, **merge),
               "feature": lambda: FeatureRotationTTAModel(detector, angles=angles, **merge)}
-    for mode in todo:
+    for mode in dict.fromkeys(m for m, _ in todo.values()):
+        mine = {k: g for k, (m, g) in todo.items() if m == mode}
+        merges = None if None in mine.values() else list(mine.values())
         log(f"[benchmark] {mode}: {len(ids)} images" + ("" if mode == "none" else f", angles {angles}")
-            + ("" if mode == "none" or len(merge) == 3 else f", {dict((k, merge[k]) for k in TTA_OPTIONS if k in merge)}"))
-        evaluator = Evaluator(DOTAClassAPMetric(metric="mAP", silent=True))
-        evaluator.dataset_meta = dataset.metainfo
-        numbers = _measure(makers[mode](), loader, evaluator, len(ids), warmup, device)
-        s = settings[mode]
-        entry = dict(numbers, config=s["config"], checkpoint=s["checkpoint"], data=s["data"], angles=s["angles"],
-                     merge=s["merge"], tta=s.get("tta"), device=str(device), torch_threads=torch.get_num_threads(),
-                     measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"))
-        store.put(mode, entry, s)
-        log(f"[benchmark] {mode}: mAP {numbers['mAP']:.4f}, {numbers['sec_per_img']:.3f} s/img")
+            + ("" if mode == "none" or len(merge) == 3 else f", {dict((k, merge[k]) for k in TTA_OPTIONS if k in merge)}")
+            + (f", merged by {', '.join(merges)}" if merges else ""))
+        evaluators = {}
+        for g in merges or [None]:
+            evaluators[g] = Evaluator(DOTAClassAPMetric(metric="mAP", silent=True))
+            evaluators[g].dataset_meta = dataset.metainfo
+        measured = _measure(makers[mode](), loader, evaluators, len(ids), warmup, device, merges)
+        for key, g in mine.items():
+            numbers, s = measured[g], settings[key]
+            entry = dict(numbers, config=s["config"], checkpoint=s["checkpoint"], data=s["data"], angles=s["angles"],
+                         merge=s["merge"], tta=s.get("tta"), device=str(device),
+                         torch_threads=torch.get_num_threads(),
+                         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"))
+            store.put(key, entry, s)
+            log(f"[benchmark] {key}: mAP {numbers['mAP']:.4f}, {numbers['sec_per_img']:.3f} s/img")
