@@ -28,6 +28,10 @@ def test_demo_pipeline_writes_report(tmp_path):
         assert report["modes"]["feature"]["per_class_AP"][cls] == pytest.approx(ap, abs=1e-6), cls
     assert report["train"]["iterations"] == 1 and report["train"]["train_images"] == 4
     assert report["angles"] == [0.0, 90.0, 180.0, 270.0]
+    # the best setting of the TTA grid, measured beside the three modes
+    from rotplugin.apis.demo import DEMO_BEST_TTA
+    assert report["best_tta"]["setting"] == DEMO_BEST_TTA and 0 <= report["best_tta"]["mAP"] <= 1
+    assert "the best setting of tools/benchmark_tta_grid.py" in (out / "report.md").read_text()
     # the trained model's fields rotate passively on the canvas (float32 rounding only)
     assert all(level["max_relative_error"] < 1e-4 for level in report["fields"]["levels"])
     pictures = [report["pictures"]["benchmark"], *report["pictures"]["detections"]]

@@ -44,7 +44,7 @@ from mmengine.runner import Runner
 from mmrotate.registry import DATASETS, MODELS
 
 from rotplugin.apis.benchmark import MODES, run_benchmark
-from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout, demo_config
+from rotplugin.apis.demo import DEMO_BEST_TTA, DEMO_CONFIG, DEMO_WORK_DIR, SAMPLE_IMAGE, DemoLayout, demo_config
 from rotplugin.data.dota_synth import generate_dataset
 from rotplugin.equivariance import measure_equivariance, pad_image
 from rotplugin.io import image_to_tensor, load_image, write_atomic, write_json_atomic
@@ -152,12 +152,19 @@ def train(out: Path, args, data: dict) -> dict:
 
 # -- 3. benchmark --------------------------------------------------------------------------------------------------
 def benchmark(out: Path, args) -> dict:
+    """The three modes over ``args.angles`` (NMS merge), and feature TTA in the best setting of the TTA grid
+    (``DEMO_BEST_TTA``) as ``res['best']``."""
     layout = DemoLayout(out)
-    res = run_benchmark(demo_config(args.config, out, args.size, data=data_dir(out, args)), str(layout.checkpoint),
-                        str(data_dir(out, args) / "test"),
-                        modes=MODES,
-                        angles=" ".join(args.angles), out_dir=str(layout.benchmark_dir), log=log)
+    cfg = demo_config(args.config, out, args.size, data=data_dir(out, args))
+    test = str(data_dir(out, args) / "test")
+    res = run_benchmark(cfg, str(layout.checkpoint), test, modes=MODES, angles=" ".join(args.angles),
+                        out_dir=str(layout.benchmark_dir), log=log)
     print(res["table"], flush=True)
+    best = {k: v for k, v in DEMO_BEST_TTA.items() if k != "angles"}
+    res["best"] = dict(run_benchmark(cfg, str(layout.checkpoint), test, modes=["feature"],
+                                     angles=DEMO_BEST_TTA["angles"], tta=best,
+                                     out_dir=str(layout.benchmark_dir / "best"), log=log)["results"]["feature"],
+                       setting=DEMO_BEST_TTA)
     return res
 
 
@@ -251,6 +258,8 @@ def write_report(out: Path, args, data, train_info, bench, detections, fields, e
                       "per_class_AP": results[m]["per_class_AP"], "time_split": results[m]["time_split"]}
                   for m in MODES if m in results},
         "angles": results.get("feature", {}).get("angles"),
+        "best_tta": {k: bench["best"][k] for k in ("setting", "mAP", "sec_per_img", "backbone_passes")}
+        if "best" in bench else None,
         "fields": fields,
         "equivariance": equiv,
         "pictures": {"benchmark": os.path.relpath(bench["png"], out) if bench.get("png") else None,
@@ -269,6 +278,11 @@ def write_report(out: Path, args, data, train_info, bench, detections, fields, e
     for m in MODES:
         if m in results:
             lines.append(f"| {MODE_NAMES[m]} | {results[m]['mAP']:.3f} | {results[m]['sec_per_img']:.3f} |")
+    if bench.get("best"):
+        b = bench["best"]
+        what = ", ".join(f"{k} {v}" for k, v in b["setting"].items())
+        lines.append(f"| feature TTA, the best setting of tools/benchmark_tta_grid.py ({what}) | {b['mAP']:.3f} | "
+                     f"{b['sec_per_img']:.3f} |")
     if bench.get("png"):
         lines += ["", f"![benchmark]({os.path.relpath(bench['png'], out)})"]
     lines += ["", "## Detections (white: ground truth; detections with score >= 0.3)", ""]
