@@ -15,9 +15,9 @@ __all__ = ["DEMO_CONFIG", "DEMO_WORK_DIR", "SAMPLE_IMAGE", "DEMO_BEST_TTA", "Dem
 DEMO_CONFIG = "configs/demo/rotated-retinanet-le90_er18-c4_efpn_synthdota.py"
 DEMO_WORK_DIR = "work_dirs/demo"   # tools/demo.py's default --out
 SAMPLE_IMAGE = "../shared/data/dota_samples/images/demo.jpg"   # a 1024² DOTA image without labels
-# the feature-TTA setting that scored best on the C4 demo model in tools/benchmark_tta_grid.py (README: "TTA beyond
-# quarter turns"); the demo measures it beside its three modes
-DEMO_BEST_TTA = dict(angles=[0, 90, 180, 270], merge="fusion")
+# the feature-TTA setting that scored best on the C4 demo model in tools/benchmark_tta_grid.py within the time of
+# image TTA over 4 x 90° with NMS (README: "TTA beyond quarter turns"); the demo measures it beside its three modes
+DEMO_BEST_TTA = dict(angles=[0, 90, 180, 270], flips=["none", "horizontal"], merge="fusion")
 
 
 @dataclass(frozen=True)
