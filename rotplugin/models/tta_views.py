@@ -46,21 +46,12 @@ class View(NamedTuple):
 
 def parse_angles(angles) -> List[float]:
     """Angles in degrees from a sequence of numbers or a string like ``"0,90,180,270"``; clear error otherwise."""
-    if isinstance(angles, str):
-        parts = [a for a in angles.replace(",", " ").split() if a]
-        try:
-            angles = [float(a) for a in parts]
-        except ValueError:
-            raise ValueError(f"angles not understood: {angles!r}; give degrees like '0,90,180,270'") from None
-    if isinstance(angles, (int, float)):
-        angles = [angles]
+    values = _as_list(angles, "angles", "[0, 90, 180, 270]")
     try:
-        out = [float(a) for a in angles]
+        out = [float(a) for a in values]
     except (TypeError, ValueError):
         raise ValueError(f"angles not understood: {angles!r}; give a list of degrees like [0, 90, 180, 270]") \
             from None
-    if not out:
-        raise ValueError("angles is empty: give at least one angle in degrees, e.g. [0, 90, 180, 270]")
     if any(not math.isfinite(a) for a in out):
         raise ValueError(f"angles must be finite degrees, got {out}")
     return out
