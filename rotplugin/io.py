@@ -2,6 +2,7 @@
 and turning it into network input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -10,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "write_folder_atomic", "ResumableResults", "DOTA_MEAN", "DOTA_STD",
-           "image_to_tensor", "load_image"]
+__all__ = ["write_atomic", "write_json_atomic", "write_pickle_atomic", "write_folder_atomic", "ResumableResults",
+           "sha256_file", "DOTA_MEAN", "DOTA_STD", "image_to_tensor", "load_image"]
 
 # mmrotate's DOTA configs normalise images by ImageNet's mean and std (RGB order, 0-255 scale)
 DOTA_MEAN = (123.675, 116.28, 103.53)
@@ -142,6 +143,15 @@ def write_pickle_atomic(path, data) -> None:
 def _canonical(settings: dict) -> dict:
     # the form the settings take once written and read back (tuples become lists, keys strings)
     return json.loads(json.dumps(settings))
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of the file ``path`` (what decides whether resumable results are still valid)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ResumableResults:

@@ -259,3 +259,6 @@ def test_tta_grid_summary_picks_the_best_feature_setting_within_the_baselines_ti
     rows[2]["mAP"] = 0.605
     assert not grid.summarise(rows)["c4"]["goal_met"]                             # +0.5 points: below the goal
     assert "| c4 | q4 | fusion | feature | 0.6050 |" in grid.table(rows)
+    # 45° views are orientation steps of C8 only: C4 / D4 models get the linear fibre rule
+    assert grid.options("r8", 8) == {} and grid.options("r8", 4) == dict(fibre_interp="linear")
+    assert grid.options("d4", 4) == dict(flips=["none", "horizontal"]) and grid.options("q4", None) == {}

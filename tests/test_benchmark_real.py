@@ -1,6 +1,7 @@
 """tools/benchmark_real.py / rotplugin.apis.real_benchmark without training: the held-out region geometry (crop
 lines, rotated regions whose ground truth lands on the rotated objects), the evaluation path (ground truth as
 detections scores AP 1, also rotated), the four models' configs and parameter counts, the run plan, bad input."""
+import json
 import math
 
 import cv2
@@ -167,3 +168,79 @@ def test_missing_data_is_named(tmp_path, capsys):
     (tmp_path / "data" / "labelTxt").mkdir()
     assert main(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"), "--quick"]) == 2
     assert "P0003.png is missing" in capsys.readouterr().err
+
+
+def _heldout_run(tmp_path, key="a"):
+    """A benchmark_real-like output folder: ``runs/<key>_seed0`` (test-ready config.py + random weights, scores
+    kept down to 0.005 so that random weights detect something, at most 20 per image) and ``data/heldout`` (the scene padded to its
+    canvas, named P0005)."""
+    import torch
+    from mmrotate.registry import MODELS
+
+    cfg = rb.build_config(BASE, rb.MODEL_SPECS[key], 0, 10, 2, "/nonexistent/data", str(tmp_path / "work"))
+    cfg.model.test_cfg.update(score_thr=0.005, nms_pre=100, max_per_img=20)   # few boxes: a quick merge
+    torch.manual_seed(0)
+    run = tmp_path / "runs" / f"{key}_seed0"
+    run.mkdir(parents=True)
+    torch.save({"state_dict": MODELS.build(cfg.model).state_dict()}, str(run / "model.pth"))
+    rb.test_config(cfg, tmp_path / "data" / "heldout").dump(str(run / "config.py"))
+    img, ann = _scene()
+    rb._write_set(tmp_path / "data" / "heldout", [("P0005", rb.pad_to_canvas(img), ann)])
+    return cfg, run / "model.pth"
+
+
+def test_evaluate_views_merges_from_one_pass_equal_separate_tta_runs(tmp_path):
+    """evaluate_views (issue 16's grid on the real held-out regions): each mode's views predicted once and merged
+    by NMS and by fusion give the detections of a TTA model built with that merge; backbone passes per view set;
+    a plain model's feature TTA is marked not applicable; bad options are refused by name."""
+    from rotplugin.models.tta import FeatureRotationTTAModel
+
+    cfg, ckpt = _heldout_run(tmp_path)
+    tta = dict(flips=["none", "horizontal"])
+    res = rb.evaluate_views(cfg, ckpt, tmp_path / "data", [0, 90, 180, 270], tta, ["none", "image", "feature"],
+                            ["nms", "fusion"], log=lambda *_: None)
+    assert set(res) == {"none", "image+nms", "image+fusion", "feature+nms", "feature+fusion"}
+    assert res["feature+nms"]["backbone_passes"] == 2      # C4: the mirrored views need their own pass
+    assert res["image+nms"]["backbone_passes"] == 8
+    detector, _ = rb._load_detector(cfg, ckpt)
+    items = rb._load_set(tmp_path / "data" / "heldout")
+    model = FeatureRotationTTAModel(detector, angles=[0, 90, 180, 270], **rb._merge_settings(cfg), **tta)
+    shared, _ = rb._detect(model, items, ["nms", "fusion"])
+    for merge in ("nms", "fusion"):
+        model.merge = merge
+        alone, _ = rb._detect(model, items)
+        assert sum(len(v) for v in alone[None].values()) > 0, merge          # random weights do detect
+        assert alone[None] == shared[merge], merge
+        assert rb._evaluate(alone[None], items)["mAP"] == res[f"feature+{merge}"]["mAP"]
+    assert shared["nms"] != shared["fusion"]
+    plain_cfg, plain_ckpt = _heldout_run(tmp_path / "plain", "c")
+    plain = rb.evaluate_views(plain_cfg, plain_ckpt, tmp_path / "plain" / "data", modes=["feature"],
+                              log=lambda *_: None)
+    assert plain == {"feature+nms": dict(applicable=False, mAP=None, reason=rb._NOT_ROTATABLE)}
+    for kwargs, match in ((dict(tta=dict(merge="fusion")), "unknown tta options"),
+                          (dict(modes=["rot90"]), "modes"), (dict(merges=[]), "merges"),
+                          (dict(merges=["wbf"]), "merge")):
+        with pytest.raises(ValueError, match=match):
+            rb.evaluate_views(cfg, ckpt, tmp_path / "data", **kwargs)
+
+
+def test_tta_grid_tool_on_real_runs_resumes(tmp_path, monkeypatch):
+    """tools/benchmark_tta_grid.py --real: the grid of a benchmark_real run on its held-out set, rows per view set,
+    mode and merge, the table written; a rerun reads every entry back instead of measuring again."""
+    grid = load_tool("benchmark_tta_grid")
+    _heldout_run(tmp_path)
+    argv = ["--real", str(tmp_path), "--runs", "a_seed0", "--settings", "q4", "--out", str(tmp_path / "grid")]
+    assert grid.main(argv) == 0
+    data = json.loads((tmp_path / "grid" / "grid_real.json").read_text())
+    assert [(r["setting"], r["mode"], r["merge"]) for r in data["rows"]] == [
+        ("none", "none", "-"), ("q4", "image", "nms"), ("q4", "image", "fusion"), ("q4", "feature", "nms"),
+        ("q4", "feature", "fusion")]
+    assert data["summary"]["a_seed0"]["baseline"]["mAP"] == data["rows"][1]["mAP"]
+    assert "| a_seed0 | q4 | fusion | feature |" in (tmp_path / "grid" / "grid_real.md").read_text()
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("a rerun measured again")
+
+    monkeypatch.setattr(rb, "evaluate_views", measure_again)
+    assert grid.main(argv) == 0
+    assert json.loads((tmp_path / "grid" / "grid_real.json").read_text())["rows"] == data["rows"]

@@ -256,6 +256,16 @@ def test_benchmark_settings_differ_only_in_rotation_augmentation(tmp_path):
         assert [h["views"] for h in hooks] == ([int(s[1:])] if s.startswith("k") else [])
         assert cfg.train_cfg.max_epochs == 3 and cfg.randomness.seed == 1
         assert cfg.train_dataloader.dataset.data_root.startswith(str(tmp_path / "data"))
+    # --budget-min trains by iteration: the demo's warm-up (at most a sixth of the run), its cosine over the run
+    cfg = bench.setting_config("k4", tmp_path / "data", tmp_path, seed=0, iters=300)
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == ("IterBasedTrainLoop", 300)
+    assert [(s.type, s.by_epoch, s.end) for s in cfg.param_scheduler] == [("LinearLR", False, 50),
+                                                                          ("CosineAnnealingLR", False, 300)]
+    assert cfg.param_scheduler[1].T_max == 300
+    assert bench.setting_config("k4", tmp_path / "data", tmp_path, 0, iters=6000).param_scheduler[0].end == 100
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="iters must be a positive integer"):
+            bench.setting_config("k4", tmp_path / "data", tmp_path, seed=0, iters=bad)
     entries = {f"{s}/seed{seed}": {"mAP_none": 0.5 + 0.01 * seed, "mAP_feature_tta": 0.6, "sec_per_iter": t,
                                    "epochs": 3, "train_s": 100.0}
                for s, t in (("image", 0.4), ("k4", 0.8)) for seed in (0, 1)}

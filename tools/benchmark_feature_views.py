@@ -17,9 +17,10 @@ as ``make demo`` does when missing) once per setting and seed:
 Every setting keeps the demo's horizontal and vertical flips and drops its ``diagonal`` flip (a 180° rotation), so
 that rotations come from the setting alone. Training length: ``--epochs`` (the same number of passes over the data
 for all), or ``--budget-min`` (equal wall-clock: a probe of ``--probe-iters`` iterations after 5 untimed gives each setting's
-s/iteration, data loading included; its epochs are the budget divided by its epoch time, rounded, at least 1; the
-schedule is stretched to them). A 10-iteration probe of the iteration bodies alone put K = 4 at 1.62 s/iteration
-against 0.91 over a whole run, which gave it half the budget: probes are now longer and count the loading. ``--probe-only``
+s/iteration, data loading included; it trains the budget divided by that many iterations, the demo's warm-up and
+cosine schedule by iteration, so that no setting loses or gains up to half an epoch by rounding). A 10-iteration
+probe of the iteration bodies alone put K = 4 at 1.62 s/iteration against 0.91 over a whole run, which gave it half
+the budget: probes are now longer and count the loading; each run's own ``train_s`` shows how equal the budgets were. ``--probe-only``
 measures only the cost: the probes' s/iteration and the cost per view, no training runs.
 
 Per run: ``sec_per_iter`` (the training's wall time / iterations, data loading included), ``epochs``, ``train_s``, mAP (DOTA, IoU 0.5) without TTA and with feature-rotation TTA (4 × 90°) on the first
@@ -45,8 +46,24 @@ SETTINGS = ("none", "image", "k1", "k2", "k4")
 ANGLES = [0, 90, 180, 270]
 
 
-def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int, size: int = 256):
-    cfg = demo_config(ROOT / DEMO_CONFIG, out, size, epochs, data=data)
+def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int = 12, size: int = 256,
+                   iters: int | None = None):
+    """The demo config trained with ``setting``'s rotation augmentation for ``epochs``, or, given ``iters``, for that
+    many iterations (mmengine's ``IterBasedTrainLoop``: the demo's warm-up, then its cosine by iteration)."""
+    cfg = demo_config(ROOT / DEMO_CONFIG, out, size, None if iters is not None else epochs, data=data)
+    if iters is not None:
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"iters must be a positive integer, got {iters}")
+        cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=10 ** 6)
+        scheds = []
+        for sched in cfg.param_scheduler:
+            sched = dict(sched)
+            if sched.get("by_epoch", True):   # the cosine: over the run's iterations
+                sched.update(by_epoch=False, end=iters, **({"T_max": iters} if "T_max" in sched else {}))
+            else:                             # the warm-up: at most a sixth of the run
+                sched.update(end=min(sched["end"], max(1, iters // 6)))
+            scheds.append(sched)
+        cfg.param_scheduler = scheds
     pipeline = []
     for step in cfg.train_dataloader.dataset.pipeline:
         if step["type"] == "mmdet.RandomFlip":
@@ -75,9 +92,7 @@ def probe(setting: str, data: Path, out: Path, iters: int = 40, warmup: int = 5)
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    cfg = setting_config(setting, data, out / "probe", 0, 1)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=warmup + iters, val_interval=10 ** 6)
-    cfg.param_scheduler = []
+    cfg = setting_config(setting, data, out / "probe", 0, iters=warmup + iters)
     runner = Runner.from_cfg(cfg)
     ends = []
 
@@ -90,27 +105,30 @@ def probe(setting: str, data: Path, out: Path, iters: int = 40, warmup: int = 5)
     return (ends[-1] - ends[warmup - 1]) / iters
 
 
-def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print) -> dict:
+def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print, iters=None) -> dict:
+    """Train ``setting`` with ``seed`` for ``epochs`` (or ``iters`` iterations), then its mAP without and with
+    feature TTA on ``test_images`` test scenes."""
     from mmengine.runner import Runner
 
     from rotplugin.apis.benchmark import run_benchmark
     from rotplugin.models.tta import unwrap_model
 
-    cfg = setting_config(setting, data, out, seed, epochs)
+    cfg = setting_config(setting, data, out, seed, epochs, iters=iters)
     runner = Runner.from_cfg(cfg)
     t0 = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - t0
+    per_epoch = len(runner.train_loop.dataloader)
     ckpt = Path(cfg.work_dir) / "model.pth"
     state = {"state_dict": unwrap_model(runner.model).state_dict(), "meta": {"setting": setting, "seed": seed}}
     write_atomic(ckpt, lambda fh: torch.save(state, fh), "wb")
     log(f"{setting} seed {seed}: {runner.iter} iterations in {seconds / 60:.1f} min")
-    bench = run_benchmark(setting_config(setting, data, out, seed, epochs), str(ckpt), str(data / "test"),
-                          modes=["none", "feature"], angles=ANGLES, max_images=test_images, log=log)
+    bench = run_benchmark(cfg, str(ckpt), str(data / "test"), modes=["none", "feature"], angles=ANGLES,
+                          max_images=test_images, log=log)
     res = bench["results"]
-    return {"epochs": epochs, "iterations": runner.iter, "train_s": seconds, "sec_per_iter": seconds / runner.iter,
-            "mAP_none": res["none"]["mAP"], "mAP_feature_tta": res["feature"]["mAP"],
-            "test_images": res["none"]["num_images"]}
+    return {"epochs": runner.iter / per_epoch, "iterations": runner.iter, "train_s": seconds,
+            "sec_per_iter": seconds / runner.iter, "mAP_none": res["none"]["mAP"],
+            "mAP_feature_tta": res["feature"]["mAP"], "test_images": res["none"]["num_images"]}
 
 
 def summarise(entries: dict, settings, seeds) -> dict:
@@ -174,9 +192,8 @@ def main(argv=None):
     out, data = Path(args.out), Path(args.data)
     _ensure_data(data)
     results = ResumableResults(args.json or str(out / "feature_views.json"), force=args.force)
-    iters_per_epoch = None
     for setting in args.settings:
-        epochs = args.epochs
+        iters = None
         if args.budget_min is not None or args.probe_only:
             key = f"probe/{setting}"
             probe_settings = {"setting": setting, "iters": args.probe_iters}
@@ -184,21 +201,15 @@ def main(argv=None):
                 results.put(key, {"sec_per_iter": probe(setting, data, out, args.probe_iters)}, probe_settings)
             if args.probe_only:
                 continue
-            if iters_per_epoch is None:
-                from mmrotate.registry import DATASETS
-
-                cfg = setting_config(setting, data, out, 0, 1)
-                n = len(DATASETS.build(cfg.train_dataloader.dataset))
-                iters_per_epoch = -(-n // cfg.train_dataloader.batch_size)
-            epoch_s = results.data[key]["sec_per_iter"] * iters_per_epoch
-            epochs = max(1, round(args.budget_min * 60 / epoch_s))
+            iters = max(1, round(args.budget_min * 60 / results.data[key]["sec_per_iter"]))
         for seed in args.seeds:
             key = f"{setting}/seed{seed}"
-            settings = {"setting": setting, "seed": seed, "epochs": epochs, "budget_min": args.budget_min,
-                        "test_images": args.test_images, "data": str(data.resolve())}
+            settings = {"setting": setting, "seed": seed, "epochs": None if iters else args.epochs, "iters": iters,
+                        "budget_min": args.budget_min, "test_images": args.test_images, "data": str(data.resolve())}
             if results.done(key, settings):
                 continue
-            results.put(key, train_and_test(setting, seed, epochs, data, out, args.test_images), settings)
+            results.put(key, train_and_test(setting, seed, args.epochs, data, out, args.test_images, iters=iters),
+                        settings)
     if args.probe_only:
         summary = {s: {"sec_per_iter": results.data[f"probe/{s}"]["sec_per_iter"]} for s in args.settings}
         _add_cost_per_view(summary)

@@ -54,7 +54,7 @@ import rotplugin.mm  # noqa: F401  (registers the components, also for configs w
 from rotplugin.data.dota_split import parse_dota_txt
 from rotplugin.equivariance import feature_pyramid
 from rotplugin.evaluation import DOTAClassAPMetric
-from rotplugin.io import ResumableResults, write_atomic
+from rotplugin.io import ResumableResults, sha256_file, write_atomic
 from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel, parse_angles
 from rotplugin.models.tta_views import parse_merge
 from rotplugin.presets import load_config
@@ -126,14 +126,6 @@ class PlainTimedModel:
 # ---------------------------------------------------------------------------------------------------------------
 # inputs: checks and identities
 # ---------------------------------------------------------------------------------------------------------------
-def _sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _config_digest(cfg) -> str:
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -425,7 +417,7 @@ def run_benchmark(config, checkpoint: str, data_root: Optional[str],
 
     merge = _merge_settings(cfg)
     common = dict(config=config_name, config_sha256=_config_digest(cfg), checkpoint=osp.abspath(str(checkpoint)),
-                  checkpoint_sha256=_sha256_file(checkpoint), data=osp.abspath(img_dir),
+                  checkpoint_sha256=sha256_file(checkpoint), data=osp.abspath(img_dir),
                   data_sha256=_data_digest(img_dir, ann_dir, ids, img_suffix), num_images=len(ids))
     keys = {}   # entry key -> (mode, merge of its views, or None: the tta options' own)
     for m in modes:

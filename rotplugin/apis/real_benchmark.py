@@ -125,13 +125,13 @@ from rotplugin.canvas import (equivariant_canvas_shape, rotate_points, rotated_c
                               rotation_matrix_and_offset)
 from rotplugin.data.dota_split import (DOTA_V1_CLASSES, crop_patch, format_dota_line, parse_dota_txt,
                                        split_dataset, window_annotations)
-from rotplugin.io import ResumableResults, write_atomic, write_json_atomic
+from rotplugin.io import ResumableResults, sha256_file, write_atomic, write_json_atomic
 
 __all__ = ["CLASSES", "MODEL_KEYS", "SPREAD_MODELS", "MODES", "PAD_BGR", "MAX_STRIDE", "Region", "TRAIN_REGIONS",
            "HELDOUT_REGIONS", "ModelSpec", "MODEL_SPECS", "RealBenchmarkSettings", "crop_region", "pad_to_canvas",
            "rotate_region", "prepare_data", "build_config", "test_config", "count_parameters", "narrowed_width",
            "plan_runs",
-           "train_run", "evaluate_run", "format_table", "plot_results", "run_real_benchmark", "JSON_NAME",
+           "train_run", "evaluate_run", "evaluate_views", "format_table", "plot_results", "run_real_benchmark", "JSON_NAME",
            "PNG_NAME", "MD_NAME"]
 
 CLASSES: Tuple[str, ...] = ("small-vehicle", "large-vehicle", "ship")   # harbor dropped (see the module doc)
@@ -141,6 +141,7 @@ MODES: Tuple[str, ...] = ("none", "image", "feature", "rot90", "rot30")
 MODE_TITLES = {"none": "no TTA", "image": "image TTA", "feature": "feature TTA", "rot90": "rotated 90°",
                "rot30": "rotated 30°"}
 TTA_ANGLES: Tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
+TTA_VIEW_OPTIONS: Tuple[str, ...] = ("flips", "scales", "fusion_iou_thr", "fibre_interp")   # of evaluate_views
 PAD_BGR: Tuple[int, int, int] = (104, 116, 124)   # ImageNet mean, BGR: what normalises to ~0 (= the canvas padding)
 MAX_STRIDE = 64                                   # the demo's P6: canvases ≡ 1 (mod 64)
 CUT_KEEP_IOF = 0.5                                # an object cut by a crop line stays on the side holding >= half
@@ -566,14 +567,6 @@ def run_key(model: str, seed: int) -> str:
     return f"{model}_seed{seed}"
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _loadavg() -> Optional[List[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -644,26 +637,50 @@ def _batch(img: np.ndarray, image_id: str) -> dict:
     return dict(inputs=[torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))], data_samples=[sample])
 
 
-def _detect(model, items) -> Tuple[dict, float]:
-    """Detections of ``model.test_step`` on every ``(image_id, image, ann)`` as ``evaluate_task1`` takes them
-    (``{class: [(image_id, score, polygon)]}``) and the model step's seconds per image."""
+def _collect(dets: dict, pred, image_id: str) -> None:
+    """Append one image's ``pred_instances`` to ``dets`` as corner polygons (``{class: [(id, score, poly)]}``)."""
     from mmdet.structures.bbox import get_box_tensor
 
     from rotplugin.boxes import rbox_to_polygon
 
-    dets: Dict[str, list] = {c: [] for c in CLASSES}
-    total = 0.0
+    boxes = get_box_tensor(pred.bboxes).detach().float().cpu()
+    polys = rbox_to_polygon(boxes).reshape(-1, 8).numpy() if len(boxes) else np.zeros((0, 8))
+    for poly, score, label in zip(polys, pred.scores.tolist(), pred.labels.tolist()):
+        dets[CLASSES[int(label)]].append((image_id, float(score), [float(v) for v in poly]))
+
+
+def _detect(model, items, merges: Optional[Sequence[str]] = None) -> Tuple[dict, dict]:
+    """Detections of ``model`` on every ``(image_id, image, ann)`` as ``evaluate_task1`` takes them
+    (``{class: [(image_id, score, polygon)]}``) and the model step's seconds per image, per merge.
+
+    Without ``merges``: ``model.test_step``, returned under the key ``None``. With ``merges`` (a rotation TTA
+    model): its views are predicted once per image and merged by each merge (``'nms'``, ``'fusion'``), each merge
+    timed as the shared views plus its own merge (as :func:`rotplugin.apis.benchmark.run_benchmark` does)."""
+    keys = list(merges) if merges else [None]
+    dets: Dict[Optional[str], Dict[str, list]] = {k: {c: [] for c in CLASSES} for k in keys}
+    total = dict.fromkeys(keys, 0.0)
     for image_id, img, _ in items:
         batch = _batch(img, image_id)
         t0 = time.perf_counter()
         with torch.no_grad():
-            pred = model.test_step(batch)[0].pred_instances
-        total += time.perf_counter() - t0
-        boxes = get_box_tensor(pred.bboxes).detach().float().cpu()
-        polys = rbox_to_polygon(boxes).reshape(-1, 8).numpy() if len(boxes) else np.zeros((0, 8))
-        for poly, score, label in zip(polys, pred.scores.tolist(), pred.labels.tolist()):
-            dets[CLASSES[int(label)]].append((image_id, float(score), [float(v) for v in poly]))
-    return dets, total / max(len(items), 1)
+            if not merges:
+                preds = {None: model.test_step(batch)[0]}
+                shared = time.perf_counter() - t0
+            else:
+                pre = model.module.data_preprocessor(batch, False)
+                views = model.predict_views(pre["inputs"], pre["data_samples"])
+                shared = time.perf_counter() - t0
+                preds = {}
+                for merge in merges:
+                    model.merge = merge
+                    t1 = time.perf_counter()
+                    preds[merge] = model.merge_preds(views)[0]
+                    total[merge] += time.perf_counter() - t1
+        for k, pred in preds.items():
+            total[k] += shared
+            _collect(dets[k], pred.pred_instances, image_id)
+    n = max(len(items), 1)
+    return dets, {k: t / n for k, t in total.items()}
 
 
 def _evaluate(dets: dict, items) -> dict:
@@ -698,24 +715,34 @@ def _merge_settings(cfg) -> dict:
                 max_per_img=int(test_cfg.get("max_per_img", 300)))
 
 
+def _load_detector(cfg, checkpoint):
+    """The detector of ``cfg.model`` with the weights ``checkpoint``, in eval mode, its equivariant filters expanded
+    (one untimed pass), and whether its features can be rotated (an equivariant neck)."""
+    from mmrotate.registry import MODELS
+
+    detector = MODELS.build(cfg.model)
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    detector.load_state_dict(state["state_dict"])
+    detector.eval()
+    with torch.no_grad():   # untimed: the first eval-mode pass expands the equivariant filters once
+        detector.extract_feat(torch.zeros(1, 3, MAX_STRIDE + 1, MAX_STRIDE + 1))
+    return detector, hasattr(detector.neck, "out_field_types")
+
+
+_NOT_ROTATABLE = ("a plain FPN's features cannot be rotated (no field types): feature TTA needs an equivariant "
+                  "backbone + neck")
+
+
 def evaluate_run(cfg, checkpoint, data_root, angles: Sequence[float] = TTA_ANGLES,
                  log: Callable[[str], object] = print) -> dict:
     """Every mode of :data:`MODES` of the trained detector (``cfg.model`` with the weights ``checkpoint``) on the
     held-out sets below ``data_root`` (``heldout``, ``heldout_rot90``, ``heldout_rot30``). Returns ``{mode: entry}``
     with ``mAP``, ``per_class_AP`` (classes with ground truth), ``num_gts``, ``num_dets``, ``sec_per_img``;
     ``feature`` of a plain model is ``{'applicable': False, 'mAP': None, 'reason': ...}``."""
-    from mmrotate.registry import MODELS
-
     from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
 
     data_root = Path(data_root)
-    detector = MODELS.build(cfg.model)
-    state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    detector.load_state_dict(state["state_dict"])
-    detector.eval()
-    equivariant = hasattr(detector.neck, "out_field_types")
-    with torch.no_grad():   # untimed: the first eval-mode pass expands the equivariant filters once
-        detector.extract_feat(torch.zeros(1, 3, MAX_STRIDE + 1, MAX_STRIDE + 1))
+    detector, equivariant = _load_detector(cfg, checkpoint)
     merge = _merge_settings(cfg)
     sets = {name: _load_set(data_root / name) for name in ("heldout", "heldout_rot90", "heldout_rot30")}
     plan = {"none": (detector, "heldout"),
@@ -726,13 +753,60 @@ def evaluate_run(cfg, checkpoint, data_root, angles: Sequence[float] = TTA_ANGLE
     out = {}
     for mode, (model, set_name) in plan.items():
         if model is None:
-            out[mode] = dict(applicable=False, mAP=None, reason="a plain FPN's features cannot be rotated "
-                                                                "(no field types): feature TTA needs an "
-                                                                "equivariant backbone + neck")
+            out[mode] = dict(applicable=False, mAP=None, reason=_NOT_ROTATABLE)
             continue
         dets, sec = _detect(model, sets[set_name])
-        out[mode] = dict(_evaluate(dets, sets[set_name]), sec_per_img=sec, applicable=True, data=set_name)
-        log(f"  {mode:8s} mAP {out[mode]['mAP']:.4f}  ({sec:.2f} s/img)")
+        out[mode] = dict(_evaluate(dets[None], sets[set_name]), sec_per_img=sec[None], applicable=True,
+                         data=set_name)
+        log(f"  {mode:8s} mAP {out[mode]['mAP']:.4f}  ({sec[None]:.2f} s/img)")
+    return out
+
+
+def evaluate_views(cfg, checkpoint, data_root, angles: Sequence[float] = TTA_ANGLES, tta: Optional[dict] = None,
+                   modes: Sequence[str] = ("image", "feature"), merges: Sequence[str] = ("nms",),
+                   log: Callable[[str], object] = print) -> dict:
+    """Rotation TTA of the trained detector on the held-out regions (``data_root/heldout``) with any views and
+    merges (issue 16's grid): ``angles`` x ``tta``'s ``flips`` / ``scales`` (and ``fusion_iou_thr``,
+    ``fibre_interp``: :class:`rotplugin.models.FeatureRotationTTAModel`'s options), the views of each of ``modes``
+    (``'none'``: the detector alone, ``'image'``, ``'feature'``) predicted once per image and merged by each of
+    ``merges``. Returns ``{'none' | '<mode>+<merge>': entry}``, entries as :func:`evaluate_run`'s plus
+    ``backbone_passes`` (per image). Feature TTA of a plain model is not applicable (marked as in
+    :func:`evaluate_run`)."""
+    from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
+    from rotplugin.models.tta_views import parse_merge
+
+    unknown = sorted(set(modes) - {"none", "image", "feature"})
+    if unknown or not modes:
+        raise ValueError(f"modes: give one or more of none, image, feature, got {list(modes)}")
+    merges = [parse_merge(m) for m in merges]
+    if not merges:
+        raise ValueError("merges: give one or more of nms, fusion")
+    tta = dict(tta or {})
+    unknown = sorted(set(tta) - set(TTA_VIEW_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown tta options {unknown}: known are {', '.join(TTA_VIEW_OPTIONS)} (the merges are "
+                         f"given as merges=[...])")
+    detector, equivariant = _load_detector(cfg, checkpoint)
+    items = _load_set(Path(data_root) / "heldout")
+    makers = {"image": ImageRotationTTAModel, "feature": FeatureRotationTTAModel if equivariant else None}
+    out = {}
+    for mode in modes:
+        if mode == "none":
+            dets, sec = _detect(detector, items)
+            out["none"] = dict(_evaluate(dets[None], items), sec_per_img=sec[None], backbone_passes=1.0,
+                               applicable=True)
+            log(f"  none           mAP {out['none']['mAP']:.4f}  ({sec[None]:.2f} s/img)")
+            continue
+        if makers[mode] is None:
+            out.update({f"{mode}+{m}": dict(applicable=False, mAP=None, reason=_NOT_ROTATABLE) for m in merges})
+            continue
+        model = makers[mode](detector, angles=list(angles), **_merge_settings(cfg), **tta)
+        dets, sec = _detect(model, items, merges)
+        passes = model.counts["backbone_passes"] / len(items)
+        for m in merges:
+            key = f"{mode}+{m}"
+            out[key] = dict(_evaluate(dets[m], items), sec_per_img=sec[m], backbone_passes=passes, applicable=True)
+            log(f"  {key:14s} mAP {out[key]['mAP']:.4f}  ({sec[m]:.2f} s/img, {passes:g} backbone passes)")
     return out
 
 
@@ -875,7 +949,7 @@ def run_real_benchmark(settings: RealBenchmarkSettings, log: Callable[[str], obj
     data = prepare_data(s.data_dir, out, s.patch_size, s.quick, log=log)
     data_root = out / "data"
     heldout_digest = hashlib.sha256("".join(
-        _sha256_file(p) for p in sorted(data_root.glob("heldout*/*/*")) if p.is_file()).encode()).hexdigest()
+        sha256_file(p) for p in sorted(data_root.glob("heldout*/*/*")) if p.is_file()).encode()).hexdigest()
     width_d = None
     if any(m == "d" for m, _ in runs):
         width_d, params_d, params_a = narrowed_width(s.base_config)
@@ -903,7 +977,7 @@ def run_real_benchmark(settings: RealBenchmarkSettings, log: Callable[[str], obj
         ckpt = run_dir / "model.pth"
         # the run as tools/test.py / tools/dota_chain.sh take it (not part of the settings: written every time)
         test_config(cfg, data_root / "heldout").dump(str(run_dir / "config.py"))
-        eval_settings = dict(train=train_settings, checkpoint=_sha256_file(ckpt), heldout=heldout_digest,
+        eval_settings = dict(train=train_settings, checkpoint=sha256_file(ckpt), heldout=heldout_digest,
                              angles=[float(a) for a in s.angles], merge=_merge_settings(cfg), modes=list(MODES))
         if not store.done(key, eval_settings):
             log(f"evaluate {key}: held-out regions, {', '.join(MODES)}")
