@@ -256,13 +256,9 @@ def test_benchmark_settings_differ_only_in_rotation_augmentation(tmp_path):
         assert [h["views"] for h in hooks] == ([int(s[1:])] if s.startswith("k") else [])
         assert cfg.train_cfg.max_epochs == 3 and cfg.randomness.seed == 1
         assert cfg.train_dataloader.dataset.data_root.startswith(str(tmp_path / "data"))
-    # --budget-min trains by iteration: the demo's warm-up (at most a sixth of the run), its cosine over the run
+    # probes and --budget-min runs: iteration-based, no epoch schedule (the budget's is WallClockSchedule's)
     cfg = bench.setting_config("k4", tmp_path / "data", tmp_path, seed=0, iters=300)
-    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == ("IterBasedTrainLoop", 300)
-    assert [(s.type, s.by_epoch, s.end) for s in cfg.param_scheduler] == [("LinearLR", False, 50),
-                                                                          ("CosineAnnealingLR", False, 300)]
-    assert cfg.param_scheduler[1].T_max == 300
-    assert bench.setting_config("k4", tmp_path / "data", tmp_path, 0, iters=6000).param_scheduler[0].end == 100
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters, cfg.param_scheduler) == ("IterBasedTrainLoop", 300, [])
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="iters must be a positive integer"):
             bench.setting_config("k4", tmp_path / "data", tmp_path, seed=0, iters=bad)
@@ -273,3 +269,31 @@ def test_benchmark_settings_differ_only_in_rotation_augmentation(tmp_path):
     assert summary["k4"]["cost_per_view_over_image"] == pytest.approx(0.8 / 4 / 0.4)
     assert summary["image"]["mAP_none"] == pytest.approx(0.505)
     assert summary["image"]["mAP_none_spread"] == pytest.approx(0.01)
+
+
+def test_wall_clock_schedule_lays_the_demo_schedule_over_the_budget(monkeypatch):
+    """--budget-min: the rate is base x linear warm-up (0.1 -> 1 over 100 iterations) x cosine (1 -> 0.05 over the
+    budget's time); training stops at the first iteration end past the budget."""
+    from types import SimpleNamespace
+
+    bench = load_tool("benchmark_feature_views")
+    now = [1000.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    hook = bench.WallClockSchedule(60.0)
+    runner = SimpleNamespace(optim_wrapper=SimpleNamespace(param_groups=[{"lr": 2e-3}, {"lr": 1e-3}]), iter=0,
+                             train_loop=SimpleNamespace(stop_training=False))
+    hook.before_train(runner)
+    for it, elapsed, factor in ((0, 0.0, 0.1), (50, 1.0, 0.55 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 60)))),
+                                (100, 30.0, 0.525), (400, 59.0, 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 59 / 60)))):
+        runner.iter, now[0] = it, 1000.0 + elapsed
+        hook.before_train_iter(runner, it)
+        assert [g["lr"] for g in runner.optim_wrapper.param_groups] == pytest.approx([2e-3 * factor, 1e-3 * factor])
+        hook.after_train_iter(runner, it)
+        assert not runner.train_loop.stop_training
+    now[0] = 1060.5
+    hook.after_train_iter(runner, 401)
+    assert runner.train_loop.stop_training
+    hook.before_train_iter(runner, 402)                  # past the budget: the floor of the cosine
+    assert runner.optim_wrapper.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.05)
+    with pytest.raises(ValueError, match="seconds must be positive"):
+        bench.WallClockSchedule(0)

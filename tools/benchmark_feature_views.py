@@ -16,12 +16,14 @@ as ``make demo`` does when missing) once per setting and seed:
 
 Every setting keeps the demo's horizontal and vertical flips and drops its ``diagonal`` flip (a 180° rotation), so
 that rotations come from the setting alone. Training length: ``--epochs`` (the same number of passes over the data
-for all), or ``--budget-min`` (equal wall-clock: a probe of ``--probe-iters`` iterations after 5 untimed gives each setting's
-s/iteration, data loading included; it trains the budget divided by that many iterations, the demo's warm-up and
-cosine schedule by iteration, so that no setting loses or gains up to half an epoch by rounding). A 10-iteration
-probe of the iteration bodies alone put K = 4 at 1.62 s/iteration against 0.91 over a whole run, which gave it half
-the budget: probes are now longer and count the loading; each run's own ``train_s`` shows how equal the budgets were. ``--probe-only``
-measures only the cost: the probes' s/iteration and the cost per view, no training runs.
+for all), or ``--budget-min`` (equal wall clock, exactly: each run trains until ``--budget-min`` minutes have passed
+since its first iteration, the learning rate following the demo's schedule as a function of the elapsed time
+(:class:`WallClockSchedule`: linear warm-up from 0.1x over the first 100 iterations, cosine to 0.05x at the
+budget), so that every setting gets the whole schedule in the same time, however fast its iterations are; the
+number of iterations is what the budget bought and varies a little with the machine's speed). Iteration-count
+budgets from short probes were tried first and missed: a 10-iteration probe put K = 4 at 1.62 s/iteration against
+0.91 over a whole run, a 40-iteration probe put no rotation at 0.47 against 0.60. ``--probe-only``
+measures only the cost: probes' s/iteration and the cost per view, no training runs.
 
 Per run: ``sec_per_iter`` (the training's wall time / iterations, data loading included), ``epochs``, ``train_s``, mAP (DOTA, IoU 0.5) without TTA and with feature-rotation TTA (4 × 90°) on the first
 ``--test-images`` test scenes (``rotplugin.apis.benchmark.run_benchmark``). ``summary``: per setting the mean and
@@ -32,38 +34,34 @@ weights and entry are kept (``--force`` redoes them).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from mmengine.hooks import Hook
 
 from rotplugin.apis.demo import DEMO_CONFIG, DEMO_WORK_DIR, DemoLayout, demo_config
 from rotplugin.io import ResumableResults, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("none", "image", "k1", "k2", "k4")
+UNBOUNDED = 10 ** 9   # the iterations of a wall-clock run: it stops at its budget
 ANGLES = [0, 90, 180, 270]
 
 
 def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int = 12, size: int = 256,
                    iters: int | None = None):
     """The demo config trained with ``setting``'s rotation augmentation for ``epochs``, or, given ``iters``, for that
-    many iterations (mmengine's ``IterBasedTrainLoop``: the demo's warm-up, then its cosine by iteration)."""
+    many iterations (mmengine's ``IterBasedTrainLoop``, no LR schedule: what the probes and, with
+    :class:`WallClockSchedule`, the budget runs use)."""
     cfg = demo_config(ROOT / DEMO_CONFIG, out, size, None if iters is not None else epochs, data=data)
     if iters is not None:
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
             raise ValueError(f"iters must be a positive integer, got {iters}")
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=10 ** 6)
-        scheds = []
-        for sched in cfg.param_scheduler:
-            sched = dict(sched)
-            if sched.get("by_epoch", True):   # the cosine: over the run's iterations
-                sched.update(by_epoch=False, end=iters, **({"T_max": iters} if "T_max" in sched else {}))
-            else:                             # the warm-up: at most a sixth of the run
-                sched.update(end=min(sched["end"], max(1, iters // 6)))
-            scheds.append(sched)
-        cfg.param_scheduler = scheds
+        cfg.param_scheduler = []
     pipeline = []
     for step in cfg.train_dataloader.dataset.pipeline:
         if step["type"] == "mmdet.RandomFlip":
@@ -86,10 +84,44 @@ def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int =
     return cfg
 
 
+class WallClockSchedule(Hook):
+    """Train for ``seconds`` of wall clock with the demo's learning-rate schedule laid over that time: the rate is
+    ``base x warm-up x cosine``, warm-up linear from ``warmup_ratio`` to 1 over the first ``warmup_iters``
+    iterations (as the demo's ``LinearLR``), cosine from 1 to ``eta_min_ratio`` over the elapsed fraction of
+    ``seconds`` (the demo's ``CosineAnnealingLR``, by time instead of by epoch). Training stops at the end of the
+    first iteration past ``seconds``; the clock starts at ``before_train``."""
+    priority = "HIGH"   # before the loggers read the rate
+
+    def __init__(self, seconds: float, warmup_iters: int = 100, warmup_ratio: float = 0.1,
+                 eta_min_ratio: float = 0.05):
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        self.seconds, self.warmup_iters = float(seconds), warmup_iters
+        self.warmup_ratio, self.eta_min_ratio = warmup_ratio, eta_min_ratio
+
+    def factor(self, iteration: int, elapsed: float) -> float:
+        frac = min(1.0, elapsed / self.seconds)
+        cosine = self.eta_min_ratio + (1 - self.eta_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+        warm = min(1.0, self.warmup_ratio + (1 - self.warmup_ratio) * iteration / self.warmup_iters)
+        return warm * cosine
+
+    def before_train(self, runner):
+        self.t0 = time.perf_counter()
+        self.base = [g["lr"] for g in runner.optim_wrapper.param_groups]
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        f = self.factor(runner.iter, time.perf_counter() - self.t0)
+        for group, base in zip(runner.optim_wrapper.param_groups, self.base):
+            group["lr"] = base * f
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if time.perf_counter() - self.t0 >= self.seconds:
+            runner.train_loop.stop_training = True
+
+
 def probe(setting: str, data: Path, out: Path, iters: int = 40, warmup: int = 5) -> float:
     """Seconds per training iteration of ``setting``: the mean wall time between the ends of consecutive iterations
     (data loading included, as in a run's ``sec_per_iter``) over ``iters`` iterations after ``warmup`` untimed."""
-    from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
     cfg = setting_config(setting, data, out / "probe", 0, iters=warmup + iters)
@@ -105,16 +137,19 @@ def probe(setting: str, data: Path, out: Path, iters: int = 40, warmup: int = 5)
     return (ends[-1] - ends[warmup - 1]) / iters
 
 
-def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print, iters=None) -> dict:
-    """Train ``setting`` with ``seed`` for ``epochs`` (or ``iters`` iterations), then its mAP without and with
-    feature TTA on ``test_images`` test scenes."""
+def train_and_test(setting, seed, epochs, data: Path, out: Path, test_images, log=print,
+                   budget_s: float | None = None) -> dict:
+    """Train ``setting`` with ``seed`` for ``epochs``, or for ``budget_s`` seconds of wall clock
+    (:class:`WallClockSchedule`), then its mAP without and with feature TTA on ``test_images`` test scenes."""
     from mmengine.runner import Runner
 
     from rotplugin.apis.benchmark import run_benchmark
     from rotplugin.models.tta import unwrap_model
 
-    cfg = setting_config(setting, data, out, seed, epochs, iters=iters)
+    cfg = setting_config(setting, data, out, seed, epochs, iters=UNBOUNDED if budget_s else None)
     runner = Runner.from_cfg(cfg)
+    if budget_s:
+        runner.register_hook(WallClockSchedule(budget_s))
     t0 = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - t0
@@ -193,23 +228,20 @@ def main(argv=None):
     _ensure_data(data)
     results = ResumableResults(args.json or str(out / "feature_views.json"), force=args.force)
     for setting in args.settings:
-        iters = None
-        if args.budget_min is not None or args.probe_only:
+        if args.probe_only:
             key = f"probe/{setting}"
             probe_settings = {"setting": setting, "iters": args.probe_iters}
             if not results.done(key, probe_settings):
                 results.put(key, {"sec_per_iter": probe(setting, data, out, args.probe_iters)}, probe_settings)
-            if args.probe_only:
-                continue
-            iters = max(1, round(args.budget_min * 60 / results.data[key]["sec_per_iter"]))
+            continue
         for seed in args.seeds:
             key = f"{setting}/seed{seed}"
-            settings = {"setting": setting, "seed": seed, "epochs": None if iters else args.epochs, "iters": iters,
-                        "budget_min": args.budget_min, "test_images": args.test_images, "data": str(data.resolve())}
+            settings = {"setting": setting, "seed": seed, "epochs": args.epochs, "budget_min": args.budget_min,
+                        "test_images": args.test_images, "data": str(data.resolve())}
             if results.done(key, settings):
                 continue
-            results.put(key, train_and_test(setting, seed, args.epochs, data, out, args.test_images, iters=iters),
-                        settings)
+            results.put(key, train_and_test(setting, seed, args.epochs, data, out, args.test_images,
+                                            budget_s=args.budget_min and args.budget_min * 60), settings)
     if args.probe_only:
         summary = {s: {"sec_per_iter": results.data[f"probe/{s}"]["sec_per_iter"]} for s in args.settings}
         _add_cost_per_view(summary)
