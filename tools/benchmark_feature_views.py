@@ -62,6 +62,7 @@ def setting_config(setting: str, data: Path, out: Path, seed: int, epochs: int =
             raise ValueError(f"iters must be a positive integer, got {iters}")
         cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=10 ** 6)
         cfg.param_scheduler = []
+        cfg.log_processor = dict(by_epoch=False)   # the log counts iterations (a budget run's ETA is meaningless)
     pipeline = []
     for step in cfg.train_dataloader.dataset.pipeline:
         if step["type"] == "mmdet.RandomFlip":
