@@ -131,8 +131,8 @@ __all__ = ["CLASSES", "MODEL_KEYS", "SPREAD_MODELS", "MODES", "PAD_BGR", "MAX_ST
            "HELDOUT_REGIONS", "ModelSpec", "MODEL_SPECS", "RealBenchmarkSettings", "crop_region", "pad_to_canvas",
            "rotate_region", "prepare_data", "build_config", "test_config", "count_parameters", "narrowed_width",
            "plan_runs",
-           "train_run", "evaluate_run", "evaluate_views", "format_table", "plot_results", "run_real_benchmark", "JSON_NAME",
-           "PNG_NAME", "MD_NAME"]
+           "train_run", "evaluate_run", "evaluate_views", "format_table", "plot_results", "run_real_benchmark",
+           "JSON_NAME", "PNG_NAME", "MD_NAME"]
 
 CLASSES: Tuple[str, ...] = ("small-vehicle", "large-vehicle", "ship")   # harbor dropped (see the module doc)
 MODEL_KEYS: Tuple[str, ...] = ("a", "b", "c", "d")
@@ -141,7 +141,6 @@ MODES: Tuple[str, ...] = ("none", "image", "feature", "rot90", "rot30")
 MODE_TITLES = {"none": "no TTA", "image": "image TTA", "feature": "feature TTA", "rot90": "rotated 90°",
                "rot30": "rotated 30°"}
 TTA_ANGLES: Tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
-TTA_VIEW_OPTIONS: Tuple[str, ...] = ("flips", "scales", "fusion_iou_thr", "fibre_interp")   # of evaluate_views
 PAD_BGR: Tuple[int, int, int] = (104, 116, 124)   # ImageNet mean, BGR: what normalises to ~0 (= the canvas padding)
 MAX_STRIDE = 64                                   # the demo's P6: canvases ≡ 1 (mod 64)
 CUT_KEEP_IOF = 0.5                                # an object cut by a crop line stays on the side holding >= half
@@ -772,20 +771,22 @@ def evaluate_views(cfg, checkpoint, data_root, angles: Sequence[float] = TTA_ANG
     ``merges``. Returns ``{'none' | '<mode>+<merge>': entry}``, entries as :func:`evaluate_run`'s plus
     ``backbone_passes`` (per image). Feature TTA of a plain model is not applicable (marked as in
     :func:`evaluate_run`)."""
+    from rotplugin.apis.benchmark import MODES as VIEW_MODES, TTA_OPTIONS   # run_benchmark's modes and options
     from rotplugin.models.tta import FeatureRotationTTAModel, ImageRotationTTAModel
     from rotplugin.models.tta_views import parse_merge
 
-    unknown = sorted(set(modes) - {"none", "image", "feature"})
+    unknown = sorted(set(modes) - set(VIEW_MODES))
     if unknown or not modes:
-        raise ValueError(f"modes: give one or more of none, image, feature, got {list(modes)}")
+        raise ValueError(f"modes: give one or more of {', '.join(VIEW_MODES)}, got {list(modes)}")
     merges = [parse_merge(m) for m in merges]
     if not merges:
         raise ValueError("merges: give one or more of nms, fusion")
     tta = dict(tta or {})
-    unknown = sorted(set(tta) - set(TTA_VIEW_OPTIONS))
+    known = [o for o in TTA_OPTIONS if o != "merge"]   # the merges are an argument of their own
+    unknown = sorted(set(tta) - set(known))
     if unknown:
-        raise ValueError(f"unknown tta options {unknown}: known are {', '.join(TTA_VIEW_OPTIONS)} (the merges are "
-                         f"given as merges=[...])")
+        raise ValueError(f"unknown tta options {unknown}: known are {', '.join(known)} (the merges are given as "
+                         f"merges=[...])")
     detector, equivariant = _load_detector(cfg, checkpoint)
     items = _load_set(Path(data_root) / "heldout")
     makers = {"image": ImageRotationTTAModel, "feature": FeatureRotationTTAModel if equivariant else None}
