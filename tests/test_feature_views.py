@@ -262,6 +262,27 @@ def test_benchmark_settings_differ_only_in_rotation_augmentation(tmp_path):
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="iters must be a positive integer"):
             bench.setting_config("k4", tmp_path / "data", tmp_path, seed=0, iters=bad)
+    # the real-image training (--real): benchmark_real's model (a) and data, its any-angle RandomRotate and diagonal
+    # flip replaced by the setting's rotations, no LR schedule of its own (a budget run's is WallClockSchedule's)
+    for s in bench.SETTINGS:
+        cfg = bench.real_setting_config(s, tmp_path / "real", tmp_path, seed=1, iters=50)
+        types = [step["type"] for step in cfg.train_dataloader.dataset.pipeline]
+        assert cfg.train_pipeline == cfg.train_dataloader.dataset.pipeline
+        assert "RandomRotate" not in types and ("RandomChoiceRotate" in types) == (s == "image")
+        assert [step["direction"] for step in cfg.train_dataloader.dataset.pipeline
+                if step["type"] == "mmdet.RandomFlip"] == [["horizontal", "vertical"]]
+        hooks = [h for h in cfg.custom_hooks if h["type"] == "FeatureRotationViewsHook"]
+        assert [h["views"] for h in hooks] == ([int(s[1:])] if s.startswith("k") else [])
+        assert (cfg.train_cfg.max_iters, cfg.param_scheduler, cfg.randomness.seed) == (50, [], 1)
+        assert cfg.train_dataloader.dataset.data_root.startswith(str(tmp_path / "real" / "train_patches"))
+        assert (cfg.model.backbone.orientation, cfg.model.bbox_head.num_classes) == (4, 3)
+    scheduled = bench.real_setting_config("k4", tmp_path / "real", tmp_path, seed=0, iters=600, scheduled=True)
+    assert [(step["type"], step["end"]) for step in scheduled.param_scheduler] == [("LinearLR", 100),
+                                                                                  ("CosineAnnealingLR", 600)]
+    with pytest.raises(ValueError, match="unknown setting 'k3'"):
+        bench.real_setting_config("k3", tmp_path / "real", tmp_path, seed=0, iters=50)
+    with pytest.raises(ValueError, match="iters must be a positive integer"):
+        bench.real_setting_config("k4", tmp_path / "real", tmp_path, seed=0, iters=0)
     entries = {f"{s}/seed{seed}": {"mAP_none": 0.5 + 0.01 * seed, "mAP_feature_tta": 0.6, "sec_per_iter": t,
                                    "epochs": 3, "train_s": 100.0}
                for s, t in (("image", 0.4), ("k4", 0.8)) for seed in (0, 1)}
@@ -297,3 +318,39 @@ def test_wall_clock_schedule_lays_the_demo_schedule_over_the_budget(monkeypatch)
     assert runner.optim_wrapper.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.05)
     with pytest.raises(ValueError, match="seconds must be positive"):
         bench.WallClockSchedule(0)
+
+
+def test_real_image_runs_train_score_and_resume(tmp_path, monkeypatch, capsys):
+    """--real: a budget run trains model (a) on benchmark_real's patches of the real images with K feature views,
+    scores it on the held-out regions (no TTA, feature TTA) and is kept on a rerun; bad options are named."""
+    from conftest import require_file
+
+    real = require_file(ROOT.parent / "shared" / "data" / "dota_real")
+    bench = load_tool("benchmark_feature_views")
+    argv = ["--real", str(real), "--budget-min", "0.01", "--settings", "k2", "--seeds", "3", "--out", str(tmp_path)]
+    data = bench.main(argv)
+    entry = data["k2/seed3"]
+    assert entry["iterations"] >= 1 and entry["test_images"] is None
+    assert 0 <= entry["mAP_none"] <= 1 and 0 <= entry["mAP_feature_tta"] <= 1
+    assert (tmp_path / "data" / "heldout" / "labelTxt" / "P0005.txt").is_file()
+    assert (tmp_path / "k2_seed3" / "model.pth").is_file()
+
+    def train_again(*args, **kwargs):
+        raise AssertionError("a rerun trained again")
+
+    train_and_test = bench.train_and_test
+    monkeypatch.setattr(bench, "train_and_test", train_again)
+    assert bench.main(argv)["k2/seed3"] == entry
+    for bad, message in ((["--epochs", "3"], "drop --epochs"), ([], "--real needs --budget-min"),
+                         (["--iters", "0"], "--iters must be at least 1")):
+        with pytest.raises(SystemExit):
+            bench.main(["--real", str(real), "--out", str(tmp_path), *bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--iters", "5", "--out", str(tmp_path / "synthetic")])
+    assert "--iters is for --real" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--real", str(tmp_path / "nowhere"), "--budget-min", "1", "--out", str(tmp_path / "o")])
+    assert "nowhere does not exist" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="budget_s .* or iters"):
+        train_and_test("k2", 0, None, tmp_path / "data", tmp_path, None, real=True)
