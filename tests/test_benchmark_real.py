@@ -206,6 +206,7 @@ def test_evaluate_views_merges_from_one_pass_equal_separate_tta_runs(tmp_path):
     items = rb._load_set(tmp_path / "data" / "heldout")
     model = FeatureRotationTTAModel(detector, angles=[0, 90, 180, 270], **rb._merge_settings(cfg), **tta)
     shared, _ = rb._detect(model, items, ["nms", "fusion"])
+    assert model.merge == "nms"                            # merged both ways, the model's own merge untouched
     for merge in ("nms", "fusion"):
         model.merge = merge
         alone, _ = rb._detect(model, items)

@@ -274,12 +274,7 @@ def _measure(model, loader, evaluators: dict, num_images: int, warmup: int, devi
     Without ``merges``: ``model.test_step``, one evaluator (key ``None``). With ``merges`` (a TTA model): the views
     are predicted once per image and merged by each merge of ``merges`` (``evaluators[merge]``); each merge's entry
     is timed as the shared step (preprocessing, views) plus its own merge."""
-    if merges:
-        def step(data):
-            pre = model.module.data_preprocessor(data, False)
-            return model.predict_views(pre["inputs"], pre["data_samples"])
-    else:
-        step = model.test_step
+    step = model.test_step_views if merges else model.test_step
     it = iter(loader)
     warm = []
     for _ in range(min(warmup, num_images)):  # untimed; the same batches are measured afterwards
@@ -302,12 +297,10 @@ def _measure(model, loader, evaluators: dict, num_images: int, warmup: int, devi
         if not merges:
             evaluators[None].process(data_samples=outputs, data_batch=data)
             continue
+        merged, seconds = model.merge_each(outputs, merges)
         for merge in merges:
-            model.merge = merge
-            t0 = time.perf_counter()
-            merged = model.merge_preds(outputs)
-            merge_s[merge] += time.perf_counter() - t0
-            evaluators[merge].process(data_samples=merged, data_batch=data)
+            merge_s[merge] += seconds[merge]
+            evaluators[merge].process(data_samples=merged[merge], data_batch=data)
     passes = counts["backbone_passes"] / num_images if counts is not None else 1.0
     wall = time.perf_counter() - t_start
     out = {}

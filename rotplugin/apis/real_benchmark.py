@@ -666,15 +666,12 @@ def _detect(model, items, merges: Optional[Sequence[str]] = None) -> Tuple[dict,
                 preds = {None: model.test_step(batch)[0]}
                 shared = time.perf_counter() - t0
             else:
-                pre = model.module.data_preprocessor(batch, False)
-                views = model.predict_views(pre["inputs"], pre["data_samples"])
+                views = model.test_step_views(batch)
                 shared = time.perf_counter() - t0
-                preds = {}
+                merged, seconds = model.merge_each(views, merges)
+                preds = {merge: merged[merge][0] for merge in merges}
                 for merge in merges:
-                    model.merge = merge
-                    t1 = time.perf_counter()
-                    preds[merge] = model.merge_preds(views)[0]
-                    total[merge] += time.perf_counter() - t1
+                    total[merge] += seconds[merge]
         for k, pred in preds.items():
             total[k] += shared
             _collect(dets[k], pred.pred_instances, image_id)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,8 @@ class _RotationTTAModel(BaseTTAModel):
 
     Per-view API (what :meth:`predict` composes; the benchmarks time its pieces): :meth:`view_sample`,
     :meth:`scaled_input`, :meth:`view_features` (:meth:`views_features` for a batch of views, :meth:`view_chunks`),
-    :meth:`predict_view`, :meth:`predict_views` and :meth:`merge_preds`.
+    :meth:`predict_view`, :meth:`predict_views` (:meth:`test_step_views` from a test batch) and :meth:`merge_preds`
+    (:meth:`merge_each`: one set of views merged by several merges).
 
     Args (both models):
         angles, flips, scales: the views, ``scales`` x ``flips`` x ``angles`` (:func:`rotplugin.models.tta_views.
@@ -284,14 +285,33 @@ class _RotationTTAModel(BaseTTAModel):
         self.counts["backbone_passes"] += 1
         return feats
 
-    def merge_preds(self, data_samples_list: List[List[DetDataSample]]) -> List[DetDataSample]:
-        """Merge each image's views (what :meth:`predict_views` returns) by ``merge`` (class-wise rotated NMS, or
-        the rotated weighted box fusion) after ``score_thr``, keep ``max_per_img`` and rescale to the original
-        image (:func:`rotplugin.models.tta_views.merge_views`)."""
-        return [self._merge(views) for views in data_samples_list]
+    def merge_preds(self, data_samples_list: List[List[DetDataSample]], merge: Optional[str] = None
+                    ) -> List[DetDataSample]:
+        """Merge each image's views (what :meth:`predict_views` returns) by ``merge`` (default the model's:
+        class-wise rotated NMS, or the rotated weighted box fusion) after ``score_thr``, keep ``max_per_img`` and
+        rescale to the original image (:func:`rotplugin.models.tta_views.merge_views`)."""
+        merge = self.merge if merge is None else parse_merge(merge)
+        return [merge_views(views, self.iou_thr, self.score_thr, self.max_per_img, merge, self.fusion_iou_thr)
+                for views in data_samples_list]
 
-    def _merge(self, views: List[DetDataSample]) -> DetDataSample:
-        return merge_views(views, self.iou_thr, self.score_thr, self.max_per_img, self.merge, self.fusion_iou_thr)
+    @torch.no_grad()
+    def test_step_views(self, data) -> List[List[DetDataSample]]:
+        """:meth:`test_step` without the merge: the test batch ``data`` through the data preprocessor, then
+        :meth:`predict_views`."""
+        data = self.module.data_preprocessor(data, False)
+        return self.predict_views(data["inputs"], data["data_samples"])
+
+    def merge_each(self, data_samples_list: List[List[DetDataSample]], merges: Sequence[str]
+                   ) -> Tuple[Dict[str, List[DetDataSample]], Dict[str, float]]:
+        """One set of views (:meth:`predict_views`) merged by each of ``merges`` in turn (what the benchmarks
+        compare from one pass): ``({merge: merged}, {merge: its seconds})``; the model's own ``merge`` is left as
+        it was."""
+        merged, seconds = {}, {}
+        for merge in merges:
+            t0 = time.perf_counter()
+            merged[merge] = self.merge_preds(data_samples_list, merge)
+            seconds[merge] = time.perf_counter() - t0
+        return merged, seconds
 
 
 @MODELS.register_module()
