@@ -270,7 +270,8 @@ def _ensure_data(data: Path, log=print) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="default work_dirs/feature_views, with --real work_dirs/feature_views_real")
+    p.add_argument("--out", help="default work_dirs/feature_views; with --real work_dirs/feature_views_real, with "
+                                 "--real --iters work_dirs/feature_views_real_iters")
     p.add_argument("--data", default=str(DemoLayout(ROOT / DEMO_WORK_DIR).data))
     p.add_argument("--real", metavar="DIR", help="train and score on real DOTA imagery instead: DIR holds images/ "
                                                  "and labelTxt/ of P0003, P0004, P0005, P0706")
@@ -325,7 +326,7 @@ def main(argv=None):
     for setting in args.settings:
         if args.probe_only:
             key = f"probe/{setting}"
-            probe_settings = {"setting": setting, "iters": args.probe_iters, **origin}
+            probe_settings = {**origin, "setting": setting, "iters": args.probe_iters}   # a probe's own iters
             if not results.done(key, probe_settings):
                 results.put(key, {"sec_per_iter": probe(setting, data, out, args.probe_iters, real=real)},
                             probe_settings)
