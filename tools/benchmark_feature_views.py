@@ -125,11 +125,11 @@ def real_setting_config(setting: str, data: Path, out: Path, seed: int, iters: i
     ``data`` (``data/train_patches``) with ``setting``'s rotation augmentation instead of its own, for ``iters``
     iterations, with that training's warm-up and cosine by iteration if ``scheduled``, else with no LR schedule
     (a budget run's is :class:`WallClockSchedule`'s, of the same shape)."""
-    from rotplugin.apis.real_benchmark import MODEL_SPECS, build_config
+    from rotplugin.apis.real_benchmark import MODEL_SPECS, RealBenchmarkSettings, build_config
 
     _check_iters(iters)
-    cfg = build_config(str(ROOT / DEMO_CONFIG), MODEL_SPECS["a"], seed, iters, 4, Path(data) / "train_patches",
-                       out / f"{setting}_seed{seed}")
+    cfg = build_config(str(ROOT / DEMO_CONFIG), MODEL_SPECS["a"], seed, iters, RealBenchmarkSettings.batch_size,
+                       Path(data) / "train_patches", out / f"{setting}_seed{seed}")   # that benchmark's batch
     if not scheduled:
         cfg.param_scheduler = []
     return apply_setting(cfg, setting, seed)
